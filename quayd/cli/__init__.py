@@ -1,0 +1,1 @@
+"""Command-line entry points: quayd (the agent) and quayctl (the operator's tool)."""

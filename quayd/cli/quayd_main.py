@@ -1,0 +1,70 @@
+"""quayd: the agent. The reconciling loop arrives with the agent issue; today it checks its inputs.
+
+``quayd --check`` loads the settings and the whole config directory and reports what it finds,
+exactly as the agent will read them. Running the agent itself is refused with a clear message
+instead of pretending to work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from quayd.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    add_global_options,
+    print_findings,
+    report_config_error,
+    settings_from,
+)
+from quayd.units.directory import load_directory
+from quayd.units.findings import QuayConfigError
+
+EXIT_NOT_BUILT = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quayd",
+        description=(
+            "The quay agent: keeps this host's containers matching the unit files in the config "
+            "directory (default /etc/quay.d)."
+        ),
+    )
+    add_global_options(parser)
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="load the settings and every unit, report problems, and exit (0 when all are valid)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+        snapshot = load_directory(Path(settings.config_dir))
+    except QuayConfigError as error:
+        return report_config_error(error)
+    print_findings(snapshot.findings)
+    if args.check:
+        print(
+            f"quayd: {len(snapshot.units)} valid unit(s), {len(snapshot.invalid)} invalid, "
+            f"in {settings.config_dir}",
+            file=sys.stdout if snapshot.valid else sys.stderr,
+        )
+        return EXIT_OK if snapshot.valid else EXIT_INVALID
+    print(
+        "quayd: the reconciling agent is not built yet (it arrives with the agent issue); "
+        "use `quayd --check` or `quayctl validate` to check units today",
+        file=sys.stderr,
+    )
+    return EXIT_NOT_BUILT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

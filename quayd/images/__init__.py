@@ -1,0 +1,3 @@
+"""Images: registry client, verified content store, safe layer unpacking.
+
+Not built yet (issue 3)."""

@@ -1,0 +1,1 @@
+"""Networking: bridge, veth, IPAM, nftables NAT and ports, names. Not built yet (issue 5)."""

@@ -1,0 +1,220 @@
+"""The config directory: which files are units, their drop-ins, and rules across units.
+
+``/etc/quay.d/NAME.toml`` is unit NAME; ``NAME.toml.d/*.toml`` are its drop-ins, merged in lexical
+order. Files whose names start with ``.`` are ignored silently (editor swap files, Ansible's temp
+files); other files that do not end in ``.toml`` are ignored with a warning, so a ``web.toml~``
+backup never runs and never goes unnoticed.
+
+:func:`discover` and :func:`load_directory` read the disk; :func:`assemble` is pure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from quayd.units.fieldtypes import UNIT_NAME, UNIT_NAME_ACCEPTED
+from quayd.units.findings import Finding, QuayConfigError, Severity
+from quayd.units.loader import SourceFile, SourceMap, load_unit, problem_findings, read_source
+from quayd.units.model import Unit
+from quayd.units.rules import check_together
+
+UNIT_SUFFIX = ".toml"
+DROPIN_SUFFIX = ".toml.d"
+
+
+@dataclass(frozen=True)
+class UnitFiles:
+    name: str
+    path: Path
+    dropins: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadedUnit:
+    name: str
+    path: Path
+    dropins: tuple[Path, ...]
+    unit: Unit
+    source_map: SourceMap
+
+
+@dataclass(frozen=True)
+class InvalidUnit:
+    name: str
+    path: Path
+    findings: tuple[Finding, ...]
+
+
+@dataclass(frozen=True)
+class ConfigSnapshot:
+    """The config directory at one moment: valid units, invalid ones with why, and warnings."""
+
+    directory: Path
+    units: Mapping[str, LoadedUnit]
+    invalid: Mapping[str, InvalidUnit]
+    warnings: tuple[Finding, ...] = ()
+
+    @property
+    def findings(self) -> list[Finding]:
+        found = [f for name in sorted(self.invalid) for f in self.invalid[name].findings]
+        return found + list(self.warnings)
+
+    @property
+    def valid(self) -> bool:
+        return not self.invalid
+
+
+class ConfigDirError(QuayConfigError):
+    """The config directory itself cannot be read."""
+
+
+def unit_name_for(path: Path) -> str:
+    return path.name.removesuffix(UNIT_SUFFIX)
+
+
+def name_finding(path: Path) -> Finding | None:
+    """A unit's name comes from its file name, which must be a valid unit name."""
+    if UNIT_NAME.fullmatch(unit_name_for(path)):
+        return None
+    return Finding(
+        file=path,
+        message=f'"{unit_name_for(path)}" is not a valid unit name (it comes from the file name)',
+        accepted=UNIT_NAME_ACCEPTED,
+    )
+
+
+def discover(directory: Path) -> tuple[list[UnitFiles], list[Finding]]:
+    """The unit files of a config directory, their drop-ins, and warnings about ignored entries."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except FileNotFoundError:
+        raise ConfigDirError(
+            [Finding(file=directory, message="the config directory does not exist")]
+        ) from None
+    except OSError as error:
+        raise ConfigDirError(
+            [Finding(file=directory, message=f"cannot read the config directory: {error.strerror}")]
+        ) from None
+    warnings: list[Finding] = []
+    mains: dict[str, Path] = {}
+    dropin_dirs: dict[str, Path] = {}
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path = directory / entry.name
+        if entry.name.endswith(UNIT_SUFFIX) and entry.is_file():
+            mains[unit_name_for(path)] = path
+        elif entry.name.endswith(DROPIN_SUFFIX) and entry.is_dir():
+            dropin_dirs[entry.name.removesuffix(DROPIN_SUFFIX)] = path
+        else:
+            warnings.append(_ignored(path, is_dir=entry.is_dir()))
+    units = []
+    for name, path in mains.items():
+        dropins, ignored = _dropins(dropin_dirs.pop(name, None))
+        warnings += ignored
+        units.append(UnitFiles(name=name, path=path, dropins=dropins))
+    for name, path in dropin_dirs.items():
+        warnings.append(
+            Finding(
+                file=path,
+                message=f"drop-ins for a unit that does not exist: there is no {name}{UNIT_SUFFIX}",
+                severity=Severity.WARNING,
+            )
+        )
+    return units, warnings
+
+
+def _dropins(directory: Path | None) -> tuple[tuple[Path, ...], list[Finding]]:
+    if directory is None:
+        return (), []
+    try:
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except OSError as error:
+        return (), [
+            Finding(
+                file=directory,
+                message=f"cannot read the drop-in directory: {error.strerror}",
+                severity=Severity.WARNING,
+            )
+        ]
+    dropins, warnings = [], []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path = directory / entry.name
+        if entry.name.endswith(UNIT_SUFFIX) and entry.is_file():
+            dropins.append(path)
+        else:
+            warnings.append(_ignored(path, is_dir=entry.is_dir()))
+    return tuple(dropins), warnings
+
+
+def _ignored(path: Path, *, is_dir: bool) -> Finding:
+    expected = f"*{UNIT_SUFFIX} files and *{DROPIN_SUFFIX} directories"
+    return Finding(
+        file=path,
+        message=f"ignored: only {expected} are read"
+        if is_dir
+        else f"ignored: not a *{UNIT_SUFFIX} file",
+        severity=Severity.WARNING,
+    )
+
+
+def load_files(files: UnitFiles) -> LoadedUnit | InvalidUnit:
+    """Read and validate one unit's content with its drop-ins.
+
+    Per-unit rules only: the name (which comes from the file name) and the rules across units are
+    the directory's business (:func:`load_directory`, :func:`assemble`).
+    """
+    findings: list[Finding] = []
+    sources: list[SourceFile] = []
+    for path in (files.path, *files.dropins):
+        try:
+            sources.append(read_source(path))
+        except QuayConfigError as error:
+            findings += error.findings
+    if not findings:
+        try:
+            unit, source_map = load_unit(sources[0], sources[1:])
+        except QuayConfigError as error:
+            findings += error.findings
+        else:
+            return LoadedUnit(files.name, files.path, files.dropins, unit, source_map)
+    return InvalidUnit(files.name, files.path, tuple(findings))
+
+
+def assemble(
+    directory: Path, loaded: Sequence[LoadedUnit | InvalidUnit], warnings: Sequence[Finding] = ()
+) -> ConfigSnapshot:
+    """Apply the rules across units; a unit that breaks one becomes invalid, with the finding."""
+    valid = {u.name: u for u in loaded if isinstance(u, LoadedUnit)}
+    invalid = {u.name: u for u in loaded if isinstance(u, InvalidUnit)}
+    problems = check_together({n: u.unit for n, u in valid.items()}, set(valid) | set(invalid))
+    for name, found in problems.items():
+        unit = valid.pop(name)
+        document = unit.unit.model_dump(mode="json")
+        findings = problem_findings(found, document, unit.source_map)
+        invalid[name] = InvalidUnit(name, unit.path, tuple(findings))
+    return ConfigSnapshot(
+        directory=directory,
+        units=dict(sorted(valid.items())),
+        invalid=dict(sorted(invalid.items())),
+        warnings=tuple(warnings),
+    )
+
+
+def load_directory(directory: Path) -> ConfigSnapshot:
+    """Read the whole config directory; :class:`ConfigDirError` only if it cannot be listed."""
+    files, warnings = discover(directory)
+    return assemble(directory, [_named(load_files(f)) for f in files], warnings)
+
+
+def _named(loaded: LoadedUnit | InvalidUnit) -> LoadedUnit | InvalidUnit:
+    bad_name = name_finding(loaded.path)
+    if bad_name is None:
+        return loaded
+    findings = loaded.findings if isinstance(loaded, InvalidUnit) else ()
+    return InvalidUnit(loaded.name, loaded.path, (bad_name, *findings))

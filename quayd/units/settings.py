@@ -1,0 +1,145 @@
+"""Agent settings: ``/etc/quay/quayd.toml``. Every key is optional; see ``docs/settings.md``.
+
+Command-line options (``--config-dir``, ``--state-dir``, ``--run-dir``) override the file, so
+several instances can run side by side. Loading reuses the unit machinery: the same strict
+models, the same findings with file, key and line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator
+
+from quayd.units.fieldtypes import AbsolutePath, Accepts, syntax_error
+from quayd.units.findings import Finding, QuayConfigError
+from quayd.units.loader import parse_layers, read_source, validate
+from quayd.units.model import Table
+
+DEFAULT_SETTINGS_FILE = Path("/etc/quay/quayd.toml")
+
+_IFNAME_ACCEPTED = "an interface name of 1 to 15 letters, digits, '_', '.' or '-'"
+_REGISTRY_HOST_ACCEPTED = 'a registry host, optionally with a port: "registry.lan:5000"'
+_MIRROR_ACCEPTED = 'a registry host[:port], or a URL "https://host[:port]"'
+
+
+def _interface_name(value: str) -> str:
+    if not (1 <= len(value) <= 15) or not all(c.isalnum() or c in "_.-" for c in value):
+        raise syntax_error("not an interface name", _IFNAME_ACCEPTED)
+    return value
+
+
+def _ipv4_subnet(value: str) -> str:
+    accepted = 'an IPv4 subnet in CIDR form with room for containers, such as "10.89.0.0/24"'
+    try:
+        network = ipaddress.IPv4Network(value, strict=True)
+    except ValueError as error:
+        raise syntax_error(f"not an IPv4 subnet ({error})", accepted) from None
+    if network.prefixlen > 30:
+        raise syntax_error("the subnet is too small for a gateway and a container", accepted)
+    return str(network)
+
+
+def _ipv6_subnet(value: str) -> str:
+    accepted = 'an IPv6 subnet in CIDR form, such as "fd89::/64"'
+    try:
+        network = ipaddress.IPv6Network(value, strict=True)
+    except ValueError as error:
+        raise syntax_error(f"not an IPv6 subnet ({error})", accepted) from None
+    if network.prefixlen > 120:
+        raise syntax_error("the subnet is too small", accepted)
+    return str(network)
+
+
+def _registry_host(value: str) -> str:
+    host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    if "/" in value or not host or (port and not port.isdigit()):
+        raise syntax_error("not a registry host[:port]", _REGISTRY_HOST_ACCEPTED)
+    return value
+
+
+def _mirror(value: str) -> str:
+    host = value.removeprefix("https://").removeprefix("http://").rstrip("/")
+    _registry_host(host)
+    return value
+
+
+InterfaceName = Annotated[str, Accepts(_IFNAME_ACCEPTED), AfterValidator(_interface_name)]
+IPv4Subnet = Annotated[
+    str, Accepts('an IPv4 subnet such as "10.89.0.0/24"'), AfterValidator(_ipv4_subnet)
+]
+IPv6Subnet = Annotated[
+    str, Accepts('an IPv6 subnet such as "fd89::/64"'), AfterValidator(_ipv6_subnet)
+]
+RegistryHost = Annotated[str, Accepts(_REGISTRY_HOST_ACCEPTED), AfterValidator(_registry_host)]
+Mirror = Annotated[str, Accepts(_MIRROR_ACCEPTED), AfterValidator(_mirror)]
+_RUNTIME_ACCEPTED = '"crun", "runc" or an absolute path to an OCI runtime'
+
+
+def _runtime(value: str) -> str:
+    if value in ("crun", "runc") or value.startswith("/"):
+        return value
+    raise syntax_error("not a known OCI runtime", _RUNTIME_ACCEPTED)
+
+
+RuntimeName = Annotated[str, Accepts(_RUNTIME_ACCEPTED), AfterValidator(_runtime)]
+
+
+class NetworkSettings(Table):
+    bridge: InterfaceName = "quay0"
+    subnet: IPv4Subnet = "10.89.0.0/24"
+    subnet6: IPv6Subnet | None = None
+
+
+class RegistrySettings(Table):
+    auth_file: AbsolutePath | None = None
+    """Credentials in Docker's ``config.json`` format (``auths`` with ``auth`` or user+password)."""
+    ca_files: list[AbsolutePath] = []
+    """Extra CA certificates (PEM) trusted for every registry, on top of the system's."""
+    plain_http: list[RegistryHost] = []
+    """Registries reached over plain HTTP. Loopback registries need not be listed (as Docker)."""
+    mirrors: dict[RegistryHost, list[Mirror]] = {}
+    """Per registry, mirrors tried in order before the registry itself."""
+
+
+class Settings(Table):
+    config_dir: AbsolutePath = "/etc/quay.d"
+    state_dir: AbsolutePath = "/var/lib/quay"
+    run_dir: AbsolutePath = "/run/quay"
+    runtime: RuntimeName = "crun"
+    cgroup_driver: Literal["auto", "systemd", "cgroupfs"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    network: NetworkSettings = NetworkSettings()
+    registries: RegistrySettings = RegistrySettings()
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line says; it wins over the settings file."""
+
+    config_dir: Path | None = None
+    state_dir: Path | None = None
+    run_dir: Path | None = None
+
+
+def load_settings(path: Path | None, overrides: Overrides = Overrides()) -> Settings:
+    """Settings from ``path`` (the default file when None; absent is fine only for the default).
+
+    Raises :class:`QuayConfigError` naming the file, the key and the line.
+    """
+    explicit = path is not None
+    path = path or DEFAULT_SETTINGS_FILE
+    if not explicit and not path.exists():
+        settings = Settings()
+    else:
+        if explicit and not path.exists():
+            raise QuayConfigError([Finding(file=path, message="the settings file does not exist")])
+        document, source_map = parse_layers([read_source(path)])
+        settings = validate(Settings, document, source_map)
+    changes = {
+        key: str(value.absolute()) for key, value in vars(overrides).items() if value is not None
+    }
+    return settings.model_copy(update=changes) if changes else settings
