@@ -360,15 +360,24 @@ def _check_ports_together(units: Mapping[str, Unit], problems: dict[str, list[Pr
 
 
 def _check_names_together(units: Mapping[str, Unit], problems: dict[str, list[Problem]]) -> None:
-    owners: dict[str, str] = {name: name for name in units}
+    """A name resolves to one unit: an alias cannot be another unit's name or another's alias."""
+    claims: dict[str, list[tuple[str, int]]] = {}
     for name, unit in sorted(units.items()):
         for index, alias in enumerate(unit.network.aliases):
-            owner = owners.setdefault(alias.lower(), name)
-            if owner != name:
-                problems[name].append(
-                    Problem(
-                        ("network", "aliases", index),
-                        f'"{alias}" already names unit "{owner}"',
-                        "a name no other unit uses or answers to",
-                    )
+            claims.setdefault(alias.lower(), []).append((name, index))
+    for alias, claimants in claims.items():
+        for name, index in claimants:
+            others = sorted({other for other, _ in claimants if other != name})
+            if alias in units and alias != name:
+                message = f'"{alias}" already names unit "{alias}"'
+            elif others:
+                message = f'"{alias}" is also an alias of unit "{others[0]}"'
+            else:
+                continue
+            problems[name].append(
+                Problem(
+                    ("network", "aliases", index),
+                    message,
+                    "a name no other unit uses or answers to",
                 )
+            )
