@@ -18,8 +18,8 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:.]+\])"
-_DOMAIN = re.compile(rf"{_HOST}(?::\d{{1,5}})?")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_DOMAIN = re.compile(rf"{_HOST}(?::\d{{1,5}})?", re.ASCII)
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # Go's \w: ASCII only
 _DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,}")
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_NAME_LENGTH = 255
@@ -75,12 +75,13 @@ def parse_reference(text: str) -> ImageReference:
             f"{repository!r} is not a repository name "
             "(lowercase letters, digits and separators . _ __ - between them, parts joined by /)"
         )
+    if registry == DOCKER_HUB and "/" not in repository:
+        repository = f"library/{repository}"
+    # Counted after normalisation, as Docker does, so that str() of a reference parses again.
     if len(registry) + 1 + len(repository) > MAX_NAME_LENGTH:
         raise ImageReferenceError(
             f"the repository name is longer than {MAX_NAME_LENGTH} characters"
         )
-    if registry == DOCKER_HUB and "/" not in repository:
-        repository = f"library/{repository}"
     if tag is None and digest is None:
         tag = "latest"
     return ImageReference(registry=registry, repository=repository, tag=tag, digest=digest)

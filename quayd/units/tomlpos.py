@@ -23,7 +23,7 @@ def key_lines(text: str) -> dict[KeyPath, int]:
     Never raises: on a document it cannot follow it returns what it found so far.
     """
     scanner = _Scanner(text)
-    with contextlib.suppress(IndexError, ValueError, RecursionError):
+    with contextlib.suppress(IndexError, ValueError, OverflowError, RecursionError):
         scanner.document()
     return scanner.lines
 
@@ -175,7 +175,10 @@ class _Scanner:
                 raise IndexError("unterminated array")
             element = (*path, index)
             self.record(element)
+            start = self.pos
             self.value(element)
+            if self.pos == start:  # e.g. "[}": no value here, and looping would never end
+                raise ValueError(f"no array element at line {self.line}")
             index += 1
 
     def string(self) -> str:

@@ -13,6 +13,8 @@ import re
 import signal
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
+from fractions import Fraction
 from typing import Literal
 
 DURATION_ACCEPTED = 'a duration such as "500ms", "10s", "5m", "1h30m" or a number of seconds'
@@ -36,7 +38,7 @@ class ValueSyntaxError(ValueError):
 # --- durations -----------------------------------------------------------------------------------
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", re.ASCII)
 # A day is far beyond any sensible timeout or backoff; a cap keeps arithmetic on durations safe.
 MAX_DURATION = timedelta(days=365)
 
@@ -47,6 +49,8 @@ def parse_duration(value: object) -> timedelta:
         seconds = value.total_seconds()
     elif isinstance(value, bool):
         raise ValueSyntaxError("expected a duration, not a boolean", DURATION_ACCEPTED)
+    elif isinstance(value, int) and abs(value) > MAX_DURATION.total_seconds():
+        seconds = math.inf if value > 0 else -math.inf  # float() of a huge TOML integer overflows
     elif isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
@@ -63,7 +67,7 @@ def parse_duration(value: object) -> timedelta:
 def _parse_duration_text(text: str) -> float:
     if text.startswith("-"):
         raise ValueSyntaxError("a duration cannot be negative", DURATION_ACCEPTED)
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+    if re.fullmatch(r"\d+(?:\.\d+)?", text, re.ASCII):
         return float(text)
     if not text or _DURATION_PART.sub("", text) != "":
         raise ValueSyntaxError("not a duration", DURATION_ACCEPTED)
@@ -88,7 +92,7 @@ def format_duration(value: timedelta) -> str:
 # --- sizes ---------------------------------------------------------------------------------------
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_SIZE_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE | re.ASCII)
 
 
 def parse_size(value: object) -> int:
@@ -122,8 +126,11 @@ def _parse_size_text(text: str) -> int:
     if not match:
         raise ValueSyntaxError("not a size", SIZE_ACCEPTED)
     number, unit = match.groups()
-    size = float(number) * _SIZE_UNITS[unit.lower()]
-    if size != int(size):
+    # Exact arithmetic: a float loses whole bytes above 2**53 and overflows on long numbers.
+    size = Fraction(Decimal(number)) * _SIZE_UNITS[unit.lower()]
+    if size >= 1 << 62:
+        raise ValueSyntaxError("size too large", SIZE_ACCEPTED)
+    if size.denominator != 1:
         raise ValueSyntaxError("not a whole number of bytes", SIZE_ACCEPTED)
     return int(size)
 
@@ -139,7 +146,10 @@ def format_size(size: int) -> str:
 
 # --- signals -------------------------------------------------------------------------------------
 
-_SIGNAL_NAMES = {s.name: s.value for s in signal.Signals if not s.name.startswith("SIG_")}
+# ``__members__``, unlike iterating the enum, keeps the aliases SIGIOT, SIGCLD and SIGPOLL.
+_SIGNAL_NAMES = {
+    name: s.value for name, s in signal.Signals.__members__.items() if not name.startswith("SIG_")
+}
 
 
 def parse_signal(value: object) -> str:
@@ -157,13 +167,13 @@ def parse_signal(value: object) -> str:
     if not isinstance(value, str):
         raise ValueSyntaxError(f"expected a signal, not {kind_of(value)}", SIGNAL_ACCEPTED)
     name = value.strip().upper()
-    if name.isdigit():
+    if re.fullmatch(r"[0-9]{1,9}", name):
         return parse_signal(int(name))
     if not name.startswith("SIG"):
         name = "SIG" + name
     if name in _SIGNAL_NAMES:
         return name
-    match = re.fullmatch(r"SIGRTM(IN|AX)([+-]\d+)?", name)
+    match = re.fullmatch(r"SIGRTM(IN|AX)([+-][0-9]{1,9})?", name)
     if match:
         base = signal.SIGRTMIN if match.group(1) == "IN" else signal.SIGRTMAX
         number = base + int(match.group(2) or 0)
@@ -266,7 +276,8 @@ class PortSpec:
 _PORT_SPEC = re.compile(
     r"(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):)?"
     r"(?P<host>\d+(?:-\d+)?):(?P<container>\d+(?:-\d+)?)"
-    r"(?:/(?P<proto>[A-Za-z]+))?"
+    r"(?:/(?P<proto>[A-Za-z]+))?",
+    re.ASCII,
 )
 
 
@@ -319,6 +330,8 @@ def _parse_host_ip(text: str | None) -> str | None:
 
 def _port_range(text: str) -> list[int]:
     first, _, last = text.partition("-")
+    if max(len(first), len(last)) > 9:  # int() refuses numbers thousands of digits long
+        raise ValueSyntaxError(f"port {text} is outside 1-65535", PORT_ACCEPTED)
     start, end = int(first), int(last or first)
     for port in (start, end):
         if not 1 <= port <= 65535:
