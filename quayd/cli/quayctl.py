@@ -34,6 +34,7 @@ from quayd.units.directory import (
     load_directory,
     load_files,
     name_finding,
+    unit_name_for,
 )
 from quayd.units.fieldtypes import UNIT_NAME, UNIT_NAME_ACCEPTED
 from quayd.units.findings import Finding, QuayConfigError
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Check unit files without the agent. With no PATH: the settings file and the whole "
             "config directory, rules across units included. A FILE is checked as a unit whatever "
-            "it is called (Ansible's `validate: quayctl validate %%s`); a DIR as a config "
+            "it is called (Ansible's `validate: quayctl validate %s`); a DIR as a config "
             "directory."
         ),
     )
@@ -73,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the effective unit as TOML",
         description="Print a unit with its drop-ins merged and every default filled in, as TOML.",
     )
-    render.add_argument("unit", metavar="NAME|FILE")
+    render.add_argument(
+        "unit",
+        metavar="NAME|FILE",
+        help="a unit of the config directory, or a file (a path with '/' or ending in .toml)",
+    )
     render.set_defaults(handler=cmd_render)
     return parser
 
@@ -162,15 +167,16 @@ def _validate_directory(report: Report, directory: Path) -> None:
 def _validate_file(report: Report, path: Path) -> None:
     """A file is a unit, whatever its name; its drop-ins come along when it has any."""
     report.checked.append(str(path))
-    loaded = load_files(UnitFiles(name=path.name, path=path, dropins=_dropins_beside(path)))
-    report.units[path.name] = isinstance(loaded, LoadedUnit)
+    name = unit_name_for(path)
+    loaded = load_files(UnitFiles(name=name, path=path, dropins=_dropins_beside(path)))
+    report.units[name] = isinstance(loaded, LoadedUnit)
     if isinstance(loaded, InvalidUnit):
         report.findings += loaded.findings
     # A *.toml file's name becomes the unit's name: say so if it cannot be one.
     if path.name.endswith(UNIT_SUFFIX) and not path.name.startswith("."):
         bad_name = name_finding(path)
         if bad_name:
-            report.units[path.name] = False
+            report.units[name] = False
             report.findings.append(bad_name)
 
 
@@ -217,12 +223,14 @@ def _validate_as(report: Report, path: Path, name: str, directory: Path) -> None
 def cmd_render(args: argparse.Namespace) -> int:
     settings: Settings = settings_from(args)
     path = Path(args.unit)
-    if UNIT_NAME.fullmatch(args.unit) and not path.is_file():
-        path = Path(settings.config_dir) / f"{args.unit}{UNIT_SUFFIX}"
-        if not path.is_file():
-            print(f"quayctl render: there is no unit file {path}", file=sys.stderr)
-            return EXIT_INVALID
-    loaded = load_files(UnitFiles(name=args.unit, path=path, dropins=_dropins_beside(path)))
+    # As systemctl: a path names a file; a bare name is a unit of the config directory.
+    if "/" not in args.unit and not (args.unit.endswith(UNIT_SUFFIX) and path.is_file()):
+        path = Path(settings.config_dir) / f"{args.unit.removesuffix(UNIT_SUFFIX)}{UNIT_SUFFIX}"
+    if not path.is_file():
+        print(f"quayctl render: there is no unit file {path}", file=sys.stderr)
+        return EXIT_INVALID
+    name = unit_name_for(path)
+    loaded = load_files(UnitFiles(name=name, path=path, dropins=_dropins_beside(path)))
     if isinstance(loaded, InvalidUnit):
         print_findings(loaded.findings)
         return EXIT_INVALID

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from quayd.units.fieldtypes import UNIT_NAME, UNIT_NAME_ACCEPTED
 from quayd.units.findings import Finding, QuayConfigError, Severity
-from quayd.units.loader import SourceFile, SourceMap, load_unit, problem_findings, read_source
+from quayd.units.loader import (
+    SourceFile,
+    SourceMap,
+    load_unit,
+    problem_findings,
+    read_source,
+    sorted_findings,
+)
 from quayd.units.model import Unit
 from quayd.units.rules import check_together
 
@@ -197,7 +204,8 @@ def assemble(
         unit = valid.pop(name)
         document = unit.unit.model_dump(mode="json")
         findings = problem_findings(found, document, unit.source_map)
-        invalid[name] = InvalidUnit(name, unit.path, tuple(findings))
+        files = [unit.path, *unit.dropins]
+        invalid[name] = InvalidUnit(name, unit.path, tuple(sorted_findings(findings, files)))
     return ConfigSnapshot(
         directory=directory,
         units=dict(sorted(valid.items())),

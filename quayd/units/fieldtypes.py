@@ -85,20 +85,28 @@ PortSpecField = Annotated[
 ]
 Port = Annotated[int, Accepts("a port number from 1 to 65535")]
 
-_ABSOLUTE_ACCEPTED = 'an absolute path such as "/srv/data"'
+ABSOLUTE_ACCEPTED = 'an absolute path such as "/srv/data"'
+
+
+def absolute_path_problem(value: str) -> str | None:
+    """Why ``value`` is not a usable absolute path, or None when it is one."""
+    if not value.startswith("/"):
+        return "a path here must be absolute"
+    if "\0" in value:
+        return "a path cannot contain a NUL character"
+    if ".." in value.split("/"):
+        return "a path here cannot contain '..'"
+    return None
 
 
 def _absolute_path(value: str) -> str:
-    if not value.startswith("/"):
-        raise syntax_error("a path here must be absolute", _ABSOLUTE_ACCEPTED)
-    if "\0" in value:
-        raise syntax_error("a path cannot contain a NUL character", _ABSOLUTE_ACCEPTED)
-    if ".." in value.split("/"):
-        raise syntax_error("a path here cannot contain '..'", _ABSOLUTE_ACCEPTED)
+    problem = absolute_path_problem(value)
+    if problem:
+        raise syntax_error(problem, ABSOLUTE_ACCEPTED)
     return value
 
 
-AbsolutePath = Annotated[str, Accepts(_ABSOLUTE_ACCEPTED), AfterValidator(_absolute_path)]
+AbsolutePath = Annotated[str, Accepts(ABSOLUTE_ACCEPTED), AfterValidator(_absolute_path)]
 
 UnitName = Annotated[
     str, Accepts(UNIT_NAME_ACCEPTED), _matching(UNIT_NAME_PATTERN, UNIT_NAME_ACCEPTED, "unit name")
@@ -124,7 +132,7 @@ Hostname = Annotated[
     _matching(
         r"(?=.{1,64}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
         r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
-        _DNS_ACCEPTED,
+        _DNS_ACCEPTED + "; 64 characters in all",
         "hostname",
     ),
 ]

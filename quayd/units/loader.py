@@ -150,7 +150,8 @@ def validate(model: type[ModelT], document: dict[str, Any], source_map: SourceMa
     try:
         return model.model_validate(document)
     except ValidationError as error:
-        raise QuayConfigError(findings_from(error, model, source_map.locate)) from None
+        findings = findings_from(error, model, source_map.locate)
+        raise QuayConfigError(sorted_findings(findings, [source_map.main])) from None
     except RecursionError:
         raise QuayConfigError(
             [Finding(file=source_map.main, message="values nested too deeply")]

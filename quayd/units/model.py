@@ -85,12 +85,25 @@ class ReadyTable(Table):
 
 
 class HealthTable(Table):
+    """Unset keys take the image's HEALTHCHECK values, else Docker's (``HEALTH_DEFAULTS``)."""
+
     command: list[str] | None = None
-    interval: Duration = timedelta(seconds=30)
-    timeout: Duration = timedelta(seconds=30)
-    retries: Annotated[int, Field(ge=1, le=1000), Accepts("a whole number from 1 to 1000")] = 3
-    start_period: Duration = timedelta(0)
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    retries: (
+        Annotated[int, Field(ge=1, le=1000), Accepts("a whole number from 1 to 1000")] | None
+    ) = None
+    start_period: Duration | None = None
     on_unhealthy: OnUnhealthy = "none"
+
+
+# Docker's defaults for a health check that neither the unit nor the image times.
+HEALTH_DEFAULTS = {
+    "interval": timedelta(seconds=30),
+    "timeout": timedelta(seconds=30),
+    "retries": 3,
+    "start_period": timedelta(0),
+}
 
 
 class ResourcesTable(Table):

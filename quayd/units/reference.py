@@ -59,6 +59,19 @@ class ImageReference:
         return text
 
 
+def normalize_registry(host: str) -> str | None:
+    """``host[:port]`` as references spell registries (Docker Hub's aliases → ``docker.io``).
+
+    None when ``host`` is not a registry host with an optional port from 1 to 65535.
+    """
+    if not _DOMAIN.fullmatch(host):
+        return None
+    _, colon, port = host.rpartition(":") if not host.endswith("]") else ("", "", "")
+    if colon and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return None
+    return DOCKER_HUB if host.lower() in _HUB_ALIASES else host
+
+
 def parse_reference(text: str) -> ImageReference:
     """Parse and normalise ``text``; :class:`ImageReferenceError` says why it cannot be."""
     if not isinstance(text, str) or not text.strip():

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from quayd.units.fieldtypes import ABSOLUTE_ACCEPTED, absolute_path_problem
 from quayd.units.model import (
     ContainerTable,
     HealthTable,
@@ -141,11 +142,11 @@ def _check_health(health: HealthTable) -> list[Problem]:
                 'an array such as ["/bin/check", "--quick"], or no key to use the image\'s',
             )
         )
-    if not health.interval:
+    if health.interval is not None and not health.interval:
         problems.append(
             Problem(("health", "interval"), "the interval must be longer than 0s", 'e.g. "30s"')
         )
-    if not health.timeout:
+    if health.timeout is not None and not health.timeout:
         problems.append(
             Problem(("health", "timeout"), "the timeout must be longer than 0s", 'e.g. "5s"')
         )
@@ -228,6 +229,10 @@ def _mount_problems(mount: Mount) -> list[tuple[KeyPath, str, str | None]]:
     if mount.type == "tmpfs":
         if mount.source is not None:
             problems.append((("source",), "a tmpfs mount has no source", "no source key"))
+        if mount.size == 0:
+            problems.append(
+                (("size",), "a tmpfs of size 0 would be unlimited", 'a size such as "64M"')
+            )
         return problems
     if mount.size is not None:
         problems.append((("size",), "size applies only to tmpfs mounts", "no size key"))
@@ -242,8 +247,10 @@ def _mount_problems(mount: Mount) -> list[tuple[KeyPath, str, str | None]]:
                 "a name of letters, digits, '_', '.' and '-' (a host path needs type = \"bind\")",
             )
         )
-    elif mount.type == "bind" and not mount.source.startswith("/"):
-        problems.append((("source",), "a bind source must be an absolute host path", "/srv/data"))
+    elif mount.type == "bind":
+        problem = absolute_path_problem(mount.source)
+        if problem:
+            problems.append((("source",), f"bind source: {problem}", ABSOLUTE_ACCEPTED))
     return problems
 
 
@@ -290,7 +297,7 @@ def check_together(units: Mapping[str, Unit], known_names: set[str]) -> dict[str
                 Problem(("depends", "requires"), f"requires forms a cycle: {text}")
             )
     _check_ports_together(units, problems)
-    _check_names_together(units, problems)
+    _check_names_together(units, known_names, problems)
     return {name: found for name, found in problems.items() if found}
 
 
@@ -359,17 +366,22 @@ def _check_ports_together(units: Mapping[str, Unit], problems: dict[str, list[Pr
                     )
 
 
-def _check_names_together(units: Mapping[str, Unit], problems: dict[str, list[Problem]]) -> None:
-    """A name resolves to one unit: an alias cannot be another unit's name or another's alias."""
-    claims: dict[str, list[tuple[str, int]]] = {}
+def _check_names_together(
+    units: Mapping[str, Unit], known_names: set[str], problems: dict[str, list[Problem]]
+) -> None:
+    """A name resolves to one unit: an alias cannot be another unit's name or another's alias.
+
+    Names are compared case-insensitively, as DNS compares them.
+    """
+    claims: dict[str, list[tuple[str, int, str]]] = {}
     for name, unit in sorted(units.items()):
         for index, alias in enumerate(unit.network.aliases):
-            claims.setdefault(alias.lower(), []).append((name, index))
-    for alias, claimants in claims.items():
-        for name, index in claimants:
-            others = sorted({other for other, _ in claimants if other != name})
-            if alias in units and alias != name:
-                message = f'"{alias}" already names unit "{alias}"'
+            claims.setdefault(alias.lower(), []).append((name, index, alias))
+    for folded, claimants in claims.items():
+        for name, index, alias in claimants:
+            others = sorted({other for other, _, _ in claimants if other != name})
+            if folded in known_names and folded != name:
+                message = f'"{alias}" already names unit "{folded}"'
             elif others:
                 message = f'"{alias}" is also an alias of unit "{others[0]}"'
             else:

@@ -18,12 +18,13 @@ from quayd.units.fieldtypes import AbsolutePath, Accepts, syntax_error
 from quayd.units.findings import Finding, QuayConfigError
 from quayd.units.loader import parse_layers, read_source, validate
 from quayd.units.model import Table
+from quayd.units.reference import normalize_registry
 
 DEFAULT_SETTINGS_FILE = Path("/etc/quay/quayd.toml")
 
 _IFNAME_ACCEPTED = "an interface name of 1 to 15 letters, digits, '_', '.' or '-'"
 _REGISTRY_HOST_ACCEPTED = 'a registry host, optionally with a port: "registry.lan:5000"'
-_MIRROR_ACCEPTED = 'a registry host[:port], or a URL "https://host[:port]"'
+_MIRROR_ACCEPTED = 'a registry host[:port], or a URL "https://host[:port]" or "http://host[:port]"'
 
 
 def _interface_name(value: str) -> str:
@@ -55,15 +56,17 @@ def _ipv6_subnet(value: str) -> str:
 
 
 def _registry_host(value: str) -> str:
-    host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
-    if "/" in value or not host or (port and not port.isdigit()):
+    normalized = normalize_registry(value)
+    if normalized is None:
         raise syntax_error("not a registry host[:port]", _REGISTRY_HOST_ACCEPTED)
-    return value
+    return normalized
 
 
 def _mirror(value: str) -> str:
+    # http:// is allowed: a mirror on the LAN often has no TLS (as with plain_http registries).
     host = value.removeprefix("https://").removeprefix("http://").rstrip("/")
-    _registry_host(host)
+    if normalize_registry(host) is None:
+        raise syntax_error("not a mirror host or URL", _MIRROR_ACCEPTED)
     return value
 
 

@@ -35,10 +35,18 @@ _MAX_VALUE_TEXT = 80
 def findings_from(error: ValidationError, model: type[BaseModel], locate: Locator) -> list[Finding]:
     findings = []
     for detail in error.errors():
-        loc = tuple(part for part in detail["loc"] if part != "[key]")
+        loc = tuple(detail["loc"])
+        # pydantic marks an error in a table's key name by appending "[key]" to its location;
+        # a user's own key may be spelled "[key]" too, so only a table's key counts.
+        is_key = len(loc) >= 2 and loc[-1] == "[key]" and _is_table_of_pairs(model, loc[:-2])
+        if is_key:
+            loc = loc[:-1]
         file, line = locate(loc)
         message, accepted = _explain(detail, model, loc)
-        value = None if detail["type"] == "missing" else toml_text(detail.get("input"))
+        if is_key:
+            message = f"the key name is {message}"
+        no_value = is_key or detail["type"] == "missing"
+        value = None if no_value else toml_text(detail.get("input"))
         findings.append(
             Finding(
                 file=file,
@@ -80,6 +88,11 @@ def _explain(detail: Mapping[str, Any], model: type[BaseModel], loc: KeyPath) ->
     message = str(detail["msg"])
     message = message.removeprefix("Value error, ").replace("Input should be", "must be")
     return message, accepted
+
+
+def _is_table_of_pairs(model: type[BaseModel], loc: KeyPath) -> bool:
+    annotation, _ = resolve(model, loc)
+    return typing.get_origin(annotation) is dict
 
 
 def _unknown_key(model: type[BaseModel], loc: KeyPath) -> tuple[str, str]:

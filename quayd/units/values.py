@@ -157,13 +157,15 @@ def parse_signal(value: object) -> str:
     if isinstance(value, bool):
         raise ValueSyntaxError("expected a signal, not a boolean", SIGNAL_ACCEPTED)
     if isinstance(value, int):
-        for name, number in _SIGNAL_NAMES.items():
-            if number == value and name not in ("SIGIOT", "SIGCLD", "SIGPOLL"):
-                return name
+        # One spelling per signal, whatever was written: real-time ones as SIGRTMIN+N,
+        # the others by the enum's own name (SIGABRT, not its alias SIGIOT).
         rt = _realtime_name(value)
         if rt:
             return rt
-        raise ValueSyntaxError(f"there is no signal number {value}", SIGNAL_ACCEPTED)
+        try:
+            return signal.Signals(value).name
+        except ValueError:
+            raise ValueSyntaxError(f"there is no signal number {value}", SIGNAL_ACCEPTED) from None
     if not isinstance(value, str):
         raise ValueSyntaxError(f"expected a signal, not {kind_of(value)}", SIGNAL_ACCEPTED)
     name = value.strip().upper()
@@ -172,7 +174,7 @@ def parse_signal(value: object) -> str:
     if not name.startswith("SIG"):
         name = "SIG" + name
     if name in _SIGNAL_NAMES:
-        return name
+        return parse_signal(_SIGNAL_NAMES[name])
     match = re.fullmatch(r"SIGRTM(IN|AX)([+-][0-9]{1,9})?", name)
     if match:
         base = signal.SIGRTMIN if match.group(1) == "IN" else signal.SIGRTMAX
@@ -236,7 +238,7 @@ def parse_capability(value: object) -> str:
 Protocol = Literal["tcp", "udp"]
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class PortMapping:
     """One published port: ``host_ip:host_port -> container_port/protocol``.
 
@@ -306,13 +308,14 @@ def parse_port_spec(value: object) -> PortSpec:
         PortMapping(host_port=h, container_port=c, protocol=proto, host_ip=host_ip)  # type: ignore[arg-type]
         for h, c in zip(hosts, containers, strict=True)
     )
-    return PortSpec(text=_canonical_port_text(match, proto), mappings=mappings)
+    return PortSpec(text=_canonical_port_text(match, host_ip, proto), mappings=mappings)
 
 
-def _canonical_port_text(match: re.Match[str], proto: str) -> str:
+def _canonical_port_text(match: re.Match[str], host_ip: str | None, proto: str) -> str:
+    """The spec as written, with the address normalised ("0.0.0.0:" means every address)."""
     text = f"{match['host']}:{match['container']}"
-    if match["ip"]:
-        text = f"{match['ip']}:{text}"
+    if host_ip is not None:
+        text = f"[{host_ip}]:{text}" if ":" in host_ip else f"{host_ip}:{text}"
     return text if proto == "tcp" else f"{text}/{proto}"
 
 

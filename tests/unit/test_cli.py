@@ -250,3 +250,34 @@ def test_help_texts_name_the_global_options(capsys: pytest.CaptureFixture[str]) 
         out = capsys.readouterr().out
         for option in ("--config FILE", "--config-dir DIR", "--state-dir DIR", "--run-dir DIR"):
             assert option in out
+
+
+def test_render_a_file_names_the_unit_after_the_file(
+    capsys: pytest.CaptureFixture[str], settings: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "web.toml"
+    path.write_text(MINIMAL)
+    code, out, _ = run(capsys, "--config", str(settings), "render", str(path))
+    assert code == 0
+    assert out.startswith(f"# Effective unit 'web': {path}\n")
+
+
+def test_render_a_bare_toml_name_means_the_config_dir_unit(
+    capsys: pytest.CaptureFixture[str], settings: Path, tmp_path: Path
+) -> None:
+    units = write_tree(tmp_path / "units", {"web.toml": MINIMAL})
+    code, out, _ = run(
+        capsys, "--config", str(settings), "--config-dir", str(units), "render", "web.toml"
+    )
+    assert code == 0
+    assert out.startswith("# Effective unit 'web': ")
+
+
+def test_validate_json_names_units_after_their_files(
+    capsys: pytest.CaptureFixture[str], settings: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "web.toml"
+    path.write_text(MINIMAL)
+    code, out, _ = run(capsys, "--config", str(settings), "validate", "--json", str(path))
+    assert code == 0
+    assert json.loads(out)["units"] == {"web": True}

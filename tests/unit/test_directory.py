@@ -290,12 +290,21 @@ def test_an_alias_cannot_take_another_units_name(tmp_path: Path) -> None:
     }
     # A shared alias invalidates every unit that claims it, as a shared host port does.
     assert found == {
-        "cms": [("network.aliases[0]", '"www" is also an alias of unit "web"')],
+        "cms": [("network.aliases[0]", '"WWW" is also an alias of unit "web"')],
         "web": [
             ("network.aliases[0]", '"www" is also an alias of unit "cms"'),
             ("network.aliases[1]", '"db" already names unit "db"'),
         ],
     }
+
+
+def test_an_alias_cannot_take_the_name_of_an_invalid_unit(tmp_path: Path) -> None:
+    write_tree(
+        tmp_path,
+        {"web.toml": unit_text("[network]", 'aliases = ["DB"]'), "db.toml": "[container]\n"},
+    )
+    (finding,) = load_directory(tmp_path).invalid["web"].findings
+    assert finding.message == '"DB" already names unit "db"'
 
 
 def test_the_bundled_examples_are_valid() -> None:

@@ -54,6 +54,17 @@ mirrors = { "docker.io" = ["https://mirror.lan", "mirror2.lan:5000"] }
     assert settings.registries.mirrors == {"docker.io": ["https://mirror.lan", "mirror2.lan:5000"]}
 
 
+def test_registry_hosts_are_normalised_like_references(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[registries]\nplain_http = ["index.docker.io", "[::1]:5000"]\n'
+        '[registries.mirrors]\n"registry-1.docker.io" = ["http://mirror.lan:5000"]\n',
+    )
+    registries = load_settings(path).registries
+    assert registries.plain_http == ["docker.io", "[::1]:5000"]
+    assert registries.mirrors == {"docker.io": ["http://mirror.lan:5000"]}
+
+
 @pytest.mark.parametrize(
     ("text", "key", "line", "message"),
     [
@@ -85,6 +96,34 @@ mirrors = { "docker.io" = ["https://mirror.lan", "mirror2.lan:5000"] }
             1,
             'did you mean "cgroup_driver"',
             id="typo",
+        ),
+        pytest.param(
+            '[registries]\nplain_http = ["a:b:c"]\n',
+            "registries.plain_http[0]",
+            2,
+            "not a registry host",
+            id="many-colons",
+        ),
+        pytest.param(
+            '[registries]\nplain_http = ["x:99999"]\n',
+            "registries.plain_http[0]",
+            2,
+            "not a registry host",
+            id="port-too-big",
+        ),
+        pytest.param(
+            '[registries]\nplain_http = ["reg istry"]\n',
+            "registries.plain_http[0]",
+            2,
+            "not a registry host",
+            id="space",
+        ),
+        pytest.param(
+            '[registries.mirrors]\n"docker.io" = ["ftp://m"]\n',
+            'registries.mirrors."docker.io"[0]',
+            2,
+            "not a mirror host or URL",
+            id="mirror",
         ),
     ],
 )

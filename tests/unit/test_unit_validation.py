@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from quayd.units.findings import Finding
+from quayd.units.model import HEALTH_DEFAULTS
 from tests.support.units import MINIMAL, findings_for, only_finding, unit_from
 
 
@@ -99,7 +100,7 @@ CASES = [
     case(MINIMAL + '[depends]\nrequires = ["Web"]\n', "depends.requires[0]", 4,
          "not a valid unit name", "lowercase", id="bad-required-name"),
     case(MINIMAL + '[container.env]\n"A=B" = "x"\n', 'container.env."A=B"', 4,
-         "not a valid variable name", "without '='", id="bad-env-name"),
+         "the key name is not a valid variable name", "without '='", id="bad-env-name"),
     # --- rules relating keys ---
     case(MINIMAL + '[ready]\nmode = "tcp"\n', "ready.mode", 4, "needs ready.port", "port =",
          id="tcp-needs-port"),
@@ -129,7 +130,12 @@ CASES = [
     case(MINIMAL + '[[mounts]]\ntype = "bind"\ntarget = "/data"\n', "mounts[0]", 3,
          'needs "source"', "absolute host path", id="bind-needs-source"),
     case(MINIMAL + '[[mounts]]\ntype = "bind"\nsource = "data"\ntarget = "/data"\n',
-         "mounts[0].source", 5, "absolute host path", None, id="bind-relative-source"),
+         "mounts[0].source", 5, "bind source: a path here must be absolute", "/srv/data",
+         id="bind-relative-source"),
+    case(MINIMAL + '[[mounts]]\ntype = "bind"\nsource = "/srv/../etc"\ntarget = "/data"\n',
+         "mounts[0].source", 5, "cannot contain '..'", None, id="bind-dotdot-source"),
+    case(MINIMAL + '[[mounts]]\ntype = "tmpfs"\ntarget = "/t"\nsize = 0\n',
+         "mounts[0].size", 6, "size 0 would be unlimited", None, id="tmpfs-size-zero"),
     case(MINIMAL + '[[mounts]]\ntype = "volume"\nsource = "/srv"\ntarget = "/data"\n',
          "mounts[0].source", 5, "not a volume name", 'type = "bind"', id="volume-path"),
     case(MINIMAL + '[[mounts]]\ntype = "tmpfs"\nsource = "x"\ntarget = "/t"\n',
@@ -233,11 +239,20 @@ def test_defaults_are_filled_in() -> None:
     assert unit.ready.mode == "started"
     assert unit.ready.timeout == timedelta(seconds=60)
     assert unit.health.command is None
-    assert (unit.health.interval, unit.health.timeout, unit.health.retries) == (
-        timedelta(seconds=30),
-        timedelta(seconds=30),
-        3,
+    # Unset health timings take the image's HEALTHCHECK values, else Docker's defaults.
+    health = unit.health
+    assert (health.interval, health.timeout, health.retries, health.start_period) == (
+        None,
+        None,
+        None,
+        None,
     )
+    assert {
+        "interval": timedelta(seconds=30),
+        "timeout": timedelta(seconds=30),
+        "retries": 3,
+        "start_period": timedelta(0),
+    } == HEALTH_DEFAULTS
     assert unit.health.on_unhealthy == "none"
     assert unit.resources.memory is None
     assert unit.network.mode == "bridge"

@@ -325,19 +325,19 @@ def test_format_size_round_trips(size: int) -> None:
         pytest.param(6, "SIGABRT", id="abrt-not-iot"),
         pytest.param(int(signal.SIGCHLD), "SIGCHLD", id="chld-not-cld"),
         pytest.param(int(signal.SIGIO), "SIGIO", id="io-not-poll"),
-        pytest.param("SIGIOT", "SIGIOT", id="alias-iot"),
-        pytest.param("cld", "SIGCLD", id="alias-cld"),
-        pytest.param("POLL", "SIGPOLL", id="alias-poll"),
+        pytest.param("SIGIOT", "SIGABRT", id="alias-iot"),
+        pytest.param("cld", "SIGCHLD", id="alias-cld"),
+        pytest.param("POLL", "SIGIO", id="alias-poll"),
         pytest.param("SIGRTMIN", "SIGRTMIN", id="rtmin"),
         pytest.param("rtmin+3", "SIGRTMIN+3", id="rtmin-plus"),
         pytest.param("SIGRTMIN+0", "SIGRTMIN", id="rtmin-plus-zero"),
         pytest.param("SIGRTMAX-1", f"SIGRTMIN+{RTMAX - 1 - RTMIN}", id="rtmax-minus"),
         pytest.param("SIGRTMAX-0", f"SIGRTMIN+{RTMAX - RTMIN}", id="rtmax-minus-zero"),
-        pytest.param("SIGRTMAX", "SIGRTMAX", id="rtmax"),
+        pytest.param("SIGRTMAX", f"SIGRTMIN+{RTMAX - RTMIN}", id="rtmax"),
         pytest.param(RTMIN, "SIGRTMIN", id="rtmin-number"),
         pytest.param(RTMIN + 3, "SIGRTMIN+3", id="rt-number"),
         pytest.param(str(RTMIN + 3), "SIGRTMIN+3", id="rt-number-text"),
-        pytest.param(RTMAX, "SIGRTMAX", id="rtmax-number"),
+        pytest.param(RTMAX, f"SIGRTMIN+{RTMAX - RTMIN}", id="rtmax-number"),
     ],
 )
 def test_parse_signal(value: object, expected: str) -> None:
@@ -506,22 +506,22 @@ def udp(host: int, container: int, ip: str | None = None) -> PortMapping:
             [udp(53, 53, "127.0.0.1")],
             id="ipv4-host",
         ),
-        pytest.param("0.0.0.0:80:80", "0.0.0.0:80:80", [tcp(80, 80)], id="ipv4-any-is-none"),
+        pytest.param("0.0.0.0:80:80", "80:80", [tcp(80, 80)], id="ipv4-any-is-none"),
         pytest.param(
             "[::1]:8443:443", "[::1]:8443:443", [tcp(8443, 443, "::1")], id="ipv6-loopback"
         ),
-        pytest.param("[::]:80:80", "[::]:80:80", [tcp(80, 80)], id="ipv6-any-is-none"),
+        pytest.param("[::]:80:80", "80:80", [tcp(80, 80)], id="ipv6-any-is-none"),
         pytest.param(
             "[0:0:0:0:0:0:0:1]:80:80",
-            "[0:0:0:0:0:0:0:1]:80:80",
+            "[::1]:80:80",
             [tcp(80, 80, "::1")],
             id="ipv6-long-form-compressed-in-mapping",
         ),
         pytest.param(
-            "[FE80::1]:80:80", "[FE80::1]:80:80", [tcp(80, 80, "fe80::1")], id="ipv6-uppercase"
+            "[FE80::1]:80:80", "[fe80::1]:80:80", [tcp(80, 80, "fe80::1")], id="ipv6-uppercase"
         ),
         pytest.param(
-            "[10.0.0.1]:80:80", "[10.0.0.1]:80:80", [tcp(80, 80, "10.0.0.1")], id="bracketed-ipv4"
+            "[10.0.0.1]:80:80", "10.0.0.1:80:80", [tcp(80, 80, "10.0.0.1")], id="bracketed-ipv4"
         ),
         pytest.param(
             "8000-8002:9000-9002",
