@@ -60,7 +60,6 @@ USER_AGENT = "quay/0.1 (+python-httpx)"
 MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 64 * 1024
 DEFAULT_TOKEN_LIFETIME = 60.0
-CHUNK_SIZE = 256 * 1024
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -536,10 +535,12 @@ class BlobStream:
         self.length: int | None = int(length) if length and length.isdigit() else None
         """Bytes the registry announced for this response (from ``offset``), if it did."""
 
-    def chunks(self, size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        """The body, as sent. A broken connection raises :class:`InterruptedTransferError`."""
+    def chunks(self) -> Iterator[bytes]:
+        """The body, as sent, in the pieces it arrives in (none is held back, so everything
+        received before a break counts). A broken connection raises
+        :class:`InterruptedTransferError`."""
         try:
-            yield from self._response.iter_raw(size)
+            yield from self._response.iter_raw()
         except httpx.TransportError as error:
             raise InterruptedTransferError(
                 f"the connection to {self.where} broke during a download: "
