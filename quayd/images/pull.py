@@ -95,7 +95,8 @@ def pull(
     store.check_free_space(0, floor=min_free_bytes, what=f"pulling {name}")
     with store.pull_guard():
         manifest, manifest_raw, manifest_digest, from_index = _resolve(client, image, wanted)
-        job.report(PullProgress(name, "manifest", manifest_digest, "resolved", len(manifest_raw)))
+        size = len(manifest_raw)
+        job.report(PullProgress(name, "manifest", manifest_digest, "resolved", size, size))
         config_raw = job.small_blob(manifest.config, MAX_CONFIG_SIZE)
         config = parse_config(config_raw)
         _check_config(image, manifest, config, wanted, from_index=from_index)
@@ -297,8 +298,11 @@ class _Job:
                 for index, layer in enumerate(layers):
                     if index in downloads:
                         downloads[index].result()
-                    if not self.store.has_layer(layer.chain_id):
-                        self.unpack(layers, index)
+                    if self.store.has_layer(layer.chain_id):
+                        continue
+                    with self.store.layer_lock(layer.chain_id):
+                        if not self.store.has_layer(layer.chain_id):
+                            self.unpack(layers, index)
             except BaseException:
                 self.abort.set()
                 for future in downloads.values():

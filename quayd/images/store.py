@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -223,14 +224,24 @@ class Store:
         marker = dict(info, chain_id=chain_id, stored=_now())
         _write_synced(staging / LAYER_MARKER, json.dumps(marker, indent=1).encode() + b"\n")
         syncfs(staging)
-        if target.exists():
+        try:
+            os.rename(staging, target)
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
             if self.has_layer(chain_id):  # another pull stored it meanwhile
                 self.discard_staging(staging)
                 return self.layer_path(chain_id)
-            _remove_tree(target)
-        os.rename(staging, target)
+            _remove_tree(target)  # a damaged one (no marker): replace it
+            os.rename(staging, target)
         _fsync_dir(self.layers)
         return self.layer_path(chain_id)
+
+    @contextlib.contextmanager
+    def layer_lock(self, chain_id: str) -> Iterator[None]:
+        """Held while unpacking ``chain_id``, so concurrent pulls unpack a layer once."""
+        with _flocked(self.layers / f".lock-{digest_hex(chain_id)}", fcntl.LOCK_EX):
+            yield
 
     def discard_staging(self, staging: Path) -> None:
         if staging.parent == self.layers and staging.name.startswith(".staging-"):

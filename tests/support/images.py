@@ -288,8 +288,7 @@ def multi_layers() -> list[Layer]:
         file("etc/motd", b"layer 1\n"),
         directory("opt"),
         whiteout("opt/gone.txt"),
-        directory("opt/opaque", 0o750),
-        opaque("opt/opaque"),
+        opaque("opt/opaque"),  # its directory is implied: attributes come from layer 0
         file("opt/opaque/new", b"new\n"),
         file("opt/hard-src", b"one inode, two names\n"),
         hardlink("opt/hard-link", "opt/hard-src"),
