@@ -5,6 +5,9 @@ What it does, per request:
 * Endpoints: a reference's registry, after the mirrors configured for it (each asked with
   ``?ns=<registry>``, as containerd does). ``docker.io`` is served by ``registry-1.docker.io``.
   A mirror that fails in any way is skipped; the error of the registry itself is what is raised.
+  Mirrors are asked for tags too (as Docker's ``registry-mirrors`` and containerd's default
+  capabilities): the settings have no per-mirror capabilities yet, so only configure mirrors
+  you trust to resolve tags. Content is verified by digest whatever answers.
 * Transport: HTTPS verified against the system CAs plus ``registries.ca_files``. Plain HTTP only
   for ``registries.plain_http`` hosts, and for loopback hosts (``localhost``, 127.0.0.0/8,
   ``::1``) whose server does not speak TLS: those are tried over HTTPS first and fall back to
