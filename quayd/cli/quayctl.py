@@ -23,6 +23,7 @@ from quayd.cli.common import (
     report_config_error,
     settings_from,
 )
+from quayd.cli.image_commands import add_image_commands
 from quayd.units.directory import (
     UNIT_SUFFIX,
     ConfigSnapshot,
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a unit of the config directory, or a file (a path with '/' or ending in .toml)",
     )
     render.set_defaults(handler=cmd_render)
+    add_image_commands(commands)
     return parser
 
 

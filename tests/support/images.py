@@ -270,7 +270,8 @@ layer 2 (zstd): etc/motd "layer 2", opt/keep/b
 """
 
 
-def multi_layers() -> list[Layer]:
+def multi_layers(*, zstd: bool = True) -> list[Layer]:
+    """The layers of MULTI_LAYERS_DOC; ``zstd=False`` keeps the top one gzip (for umoci 0.4.7)."""
     zero = [
         *busybox_entries(),
         file("etc/motd", b"layer 0\n"),
@@ -306,12 +307,14 @@ def multi_layers() -> list[Layer]:
         directory("opt/keep"),
         file("opt/keep/b", b"b\n"),
     ]
-    return [Layer.of(zero), Layer.of(one), Layer.of(two, zstd=True)]
+    return [Layer.of(zero), Layer.of(one), Layer.of(two, zstd=zstd)]
 
 
-def multi_image(work: Path, target: PushTarget, repository: str = "test/multi") -> BuiltImage:
+def multi_image(
+    work: Path, target: PushTarget, repository: str = "test/multi", *, zstd: bool = True
+) -> BuiltImage:
     layout = OciLayout(work / f"layout-{repository.replace('/', '-')}")
-    layers = multi_layers()
+    layers = multi_layers(zstd=zstd)
     descriptor, config = layout.image(layers, Platform.host())
     layout.tag(descriptor, "1")
     push(layout, "1", repository, target)
