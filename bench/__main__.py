@@ -1,0 +1,20 @@
+"""Benchmarks: `python -m bench SCENARIO [options]`. They print numbers; tests never time things."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import pull
+
+SCENARIOS = {"pull": pull.main}
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in SCENARIOS:
+        print(f"usage: python -m bench {{{','.join(SCENARIOS)}}} [--quick] [--runs N]")
+        return 2
+    return SCENARIOS[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
