@@ -152,8 +152,16 @@ Runner = Callable[[str, Path, str | None], float]
 
 def _timed(command: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _run(command)
     return time.perf_counter() - start
+
+
+def _run(command: list[str]) -> None:
+    result = subprocess.run(
+        command, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr}")
 
 
 def run_quay(reference: str, work: Path, first: str | None) -> float:
@@ -166,17 +174,15 @@ def run_quay(reference: str, work: Path, first: str | None) -> float:
 
 
 def run_podman(reference: str, work: Path, first: str | None) -> float:
-    base = ["podman", "--root", str(work / "root"), "--runroot", str(work / "run"),
+    base = ["podman", "--root", str(work / "root"), "--runroot", str(work / "r"),
             "--storage-driver", "overlay", "pull", "--quiet", "--tls-verify=false"]  # fmt: skip
     try:
         if first:
-            subprocess.run([*base, first], check=True, stdout=subprocess.DEVNULL)
+            _run([*base, first])
         return _timed([*base, reference])
     finally:
-        # podman leaves overlay mounts of its store behind; take them down before deleting.
-        subprocess.run(["podman", "--root", str(work / "root"), "--runroot", str(work / "run"),
-                        "--storage-driver", "overlay", "system", "reset", "--force"],
-                       check=False, capture_output=True)  # fmt: skip
+        # podman leaves a private mount of its overlay store behind; take it down first.
+        subprocess.run(["umount", str(work / "root" / "overlay")], check=False, capture_output=True)
 
 
 def run_skopeo_umoci(reference: str, work: Path, first: str | None) -> float:
@@ -222,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = 1 if args.quick else args.runs
     big_mb = 20 if args.quick else 100
     tools = {name: TOOLS[name] for name in args.tools.split(",") if shutil.which(_binary(name))}
-    base = Path(tempfile.mkdtemp(prefix="quay-bench-", dir="/var/tmp"))
+    # Short paths: podman refuses a runroot longer than 50 characters.
+    base = Path(tempfile.mkdtemp(prefix="qb-", dir="/var/tmp"))
     try:
         with running_registry(base / "registry") as registry:
             targets = build_images(base, registry.host, big_mb)
@@ -231,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 first = targets["cold-big"] if scenario == "top-changed" else None
                 for run in range(runs):
                     for tool, runner in tools.items():
-                        work = base / "runs" / f"{scenario}-{tool}-{run}"
+                        work = base / f"{len(results)}-{run}-{tool.split('+')[0]}"
                         work.mkdir(parents=True)
                         seconds = runner(reference, work, first)
                         results.setdefault((scenario, tool), []).append(seconds)

@@ -7,6 +7,7 @@ each naming the file that holds the offending key: the unit file or the drop-in.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from collections.abc import Sequence
@@ -205,7 +206,7 @@ def _valid_tables(document: dict[str, Any]) -> dict[str, Any]:
     """Each top-level table of a unit that validates on its own (defaults for absent ones)."""
     tables = {}
     for name, field_info in Unit.model_fields.items():
-        adapter = _TABLE_ADAPTERS[name]
+        adapter = _table_adapter(name)
         try:
             if name in document:
                 tables[name] = adapter.validate_python(document[name], strict=True)
@@ -216,10 +217,9 @@ def _valid_tables(document: dict[str, Any]) -> dict[str, Any]:
     return tables
 
 
-_TABLE_ADAPTERS: dict[str, TypeAdapter[Any]] = {
-    name: TypeAdapter(field_info.annotation or Any)
-    for name, field_info in Unit.model_fields.items()
-}
+@functools.cache
+def _table_adapter(name: str) -> TypeAdapter[Any]:
+    return TypeAdapter(Unit.model_fields[name].annotation or Any)
 
 
 def sorted_findings(findings: Sequence[Finding], files: Sequence[Path] = ()) -> list[Finding]:

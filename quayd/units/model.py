@@ -46,7 +46,9 @@ OnUnhealthy = Literal["none", "restart"]
 class Table(BaseModel):
     """Base of every table: strict types, unknown keys refused, values immutable."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    # defer_build: a schema is built when first used, so a command that never validates a
+    # unit (image pull) does not pay for building the unit schema at start-up.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, defer_build=True)
 
 
 class ContainerTable(Table):
@@ -155,11 +157,11 @@ class Unit(Table):
     """One container, as ``/etc/quay.d/NAME.toml`` (with its drop-ins merged) describes it."""
 
     container: ContainerTable
-    restart: RestartTable = RestartTable()
-    ready: ReadyTable = ReadyTable()
-    health: HealthTable = HealthTable()
-    resources: ResourcesTable = ResourcesTable()
-    network: NetworkTable = NetworkTable()
+    restart: RestartTable = Field(default_factory=RestartTable)
+    ready: ReadyTable = Field(default_factory=ReadyTable)
+    health: HealthTable = Field(default_factory=HealthTable)
+    resources: ResourcesTable = Field(default_factory=ResourcesTable)
+    network: NetworkTable = Field(default_factory=NetworkTable)
     mounts: list[Mount] = []
-    depends: DependsTable = DependsTable()
-    image: ImageTable = ImageTable()
+    depends: DependsTable = Field(default_factory=DependsTable)
+    image: ImageTable = Field(default_factory=ImageTable)

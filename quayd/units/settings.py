@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 from quayd.units.fieldtypes import AbsolutePath, Accepts, syntax_error
 from quayd.units.findings import Finding, QuayConfigError
@@ -115,8 +115,8 @@ class Settings(Table):
     runtime: RuntimeName = "crun"
     cgroup_driver: Literal["auto", "systemd", "cgroupfs"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    network: NetworkSettings = NetworkSettings()
-    registries: RegistrySettings = RegistrySettings()
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    registries: RegistrySettings = Field(default_factory=RegistrySettings)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,258 @@
+"""What ``quayctl image …`` does: pull, ls, rm, prune, verify, load, on the store directly.
+
+Until the agent exists these run in-process on ``<state_dir>/images``; once it does, they will go
+through its API (the store's own lock already keeps a CLI pull and an agent pull apart).
+Imported only when an image command runs (see ``image_commands``): httpx and the store are not
+needed by ``validate`` or ``render``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+from quayd.cli.common import EXIT_INVALID, EXIT_OK, print_json, settings_from
+from quayd.images.archive import load_archive
+from quayd.images.errors import ImageError
+from quayd.images.model import ImageRecord, Platform
+from quayd.images.pull import PullProgress, pull, repair
+from quayd.images.registry import RegistryClient
+from quayd.images.store import Store
+from quayd.units.directory import ConfigDirError, LoadedUnit, UnitFiles, discover, load_files
+from quayd.units.findings import QuayConfigError
+from quayd.units.loader import parse_layers, read_source
+from quayd.units.reference import ImageReferenceError, parse_reference
+from quayd.units.settings import Settings
+
+
+def _store(settings: Settings) -> Store:
+    return Store.for_settings(settings)
+
+
+def _error(message: str) -> int:
+    print(f"quayctl: {message}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+# --- pull ----------------------------------------------------------------------------------------
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    try:
+        platform = Platform.parse(args.platform) if args.platform else None
+        reference = str(parse_reference(args.reference))
+    except (ValueError, ImageReferenceError) as error:
+        return _error(str(error))
+    display = None if args.quiet or not sys.stderr.isatty() else ProgressDisplay(reference)
+    try:
+        with RegistryClient(settings.registries) as client:
+            record = pull(
+                reference,
+                store=_store(settings),
+                client=client,
+                platform=platform,
+                progress=display,
+            )
+    except ImageError as error:
+        if display:
+            display.finish()
+        return _error(f"pulling {reference}: {error}")
+    if display:
+        display.finish()
+    print(f"{record.reference} {record.manifest_digest} {record.platform}")
+    return EXIT_OK
+
+
+class ProgressDisplay:
+    """One status line on a terminal, redrawn at most ten times a second."""
+
+    def __init__(self, reference: str, stream: TextIO | None = None) -> None:
+        self.reference = reference
+        self.stream = stream or sys.stderr
+        self.layers: dict[str, tuple[int, int, str]] = {}
+        self._lock = threading.Lock()
+        self._drawn = 0.0
+
+    def __call__(self, event: PullProgress) -> None:
+        if event.kind != "layer":
+            return
+        with self._lock:
+            self.layers[event.digest] = (event.done, event.total, event.phase)
+            now = time.monotonic()
+            if now - self._drawn >= 0.1 or event.phase in ("unpacked", "exists"):
+                self._drawn = now
+                self._draw()
+
+    def _draw(self) -> None:
+        done = sum(d for d, _, _ in self.layers.values())
+        total = sum(t for _, t, _ in self.layers.values())
+        ready = sum(1 for _, _, phase in self.layers.values() if phase in ("unpacked", "exists"))
+        line = (
+            f"Pulling {self.reference}: {_mb(done)}/{_mb(total)} MB, "
+            f"{ready}/{len(self.layers)} layers ready"
+        )
+        self.stream.write("\r" + line[:200] + "\033[K")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        with self._lock:
+            if self.layers:
+                self._draw()
+                self.stream.write("\n")
+                self.stream.flush()
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f}"
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    try:
+        platform = Platform.parse(args.platform) if args.platform else None
+        records = load_archive(
+            args.path, store=_store(settings), reference=args.reference, platform=platform
+        )
+    except (ValueError, ImageError) as error:
+        return _error(f"loading {args.path}: {error}")
+    for record in records:
+        print(f"loaded {record.reference} {record.manifest_digest} {record.platform}")
+    return EXIT_OK
+
+
+# --- ls, rm, prune, verify -----------------------------------------------------------------------
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    images = _store(settings_from(args)).images()
+    if args.json:
+        print_json([_record_json(record) for record in images.values()])
+        return EXIT_OK
+    rows = [("REFERENCE", "DIGEST", "PLATFORM", "SIZE", "STORED")]
+    for record in sorted(images.values(), key=lambda r: r.reference):
+        size = sum(layer.size for layer in record.layers)
+        rows.append(
+            (
+                record.reference,
+                record.manifest_digest.removeprefix("sha256:")[:12],
+                str(record.platform),
+                f"{size / 1e6:.1f}MB",
+                record.created,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return EXIT_OK
+
+
+def _record_json(record: ImageRecord) -> dict[str, Any]:
+    return {
+        "reference": record.reference,
+        "manifest_digest": record.manifest_digest,
+        "config_digest": record.config_digest,
+        "platform": str(record.platform),
+        "created": record.created,
+        "layers": [
+            {"digest": layer.digest, "size": layer.size, "diff_id": layer.diff_id}
+            for layer in record.layers
+        ],
+    }
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    store = _store(settings_from(args))
+    code = EXIT_OK
+    for text in args.references:
+        try:
+            reference = str(parse_reference(text))
+        except ImageReferenceError as error:
+            code = _error(f"{text}: {error}")
+            continue
+        if store.remove(reference):
+            print(f"removed {reference}")
+        else:
+            code = _error(f"no image {reference} in the store")
+    report = store.prune()
+    _print_freed(report.freed_bytes)
+    return code
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    keep = _unit_references(Path(settings.config_dir)) if args.unused else None
+    report = _store(settings).prune(keep=keep)
+    for reference in report.removed_images:
+        print(f"removed {reference}")
+    print(
+        f"removed {len(report.removed_blobs)} blob(s), {len(report.removed_layers)} layer(s), "
+        f"{len(report.removed_partials)} partial download(s)"
+    )
+    _print_freed(report.freed_bytes)
+    return EXIT_OK
+
+
+def _unit_references(config_dir: Path) -> list[str]:
+    """The images the unit files name, invalid units included (their last good version may run)."""
+    try:
+        files, _ = discover(config_dir)
+    except ConfigDirError:
+        return []
+    references = []
+    for unit_files in files:
+        loaded = load_files(unit_files)
+        if isinstance(loaded, LoadedUnit):
+            references.append(str(loaded.unit.container.image_reference))
+        else:
+            references += _image_named_by(unit_files)
+    return references
+
+
+def _image_named_by(files: UnitFiles) -> list[str]:
+    """The image an invalid unit names, if that much of it can be read."""
+    try:
+        document, _ = parse_layers([read_source(p) for p in (files.path, *files.dropins)])
+        return [str(parse_reference(document["container"]["image"]))]
+    except (QuayConfigError, ImageReferenceError, KeyError, TypeError):
+        return []
+
+
+def _print_freed(freed: int) -> None:
+    print(f"freed {freed / 1e6:.1f} MB")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    store = _store(settings)
+    report = store.verify()
+    print(f"checked {report.checked_blobs} blob(s)")
+    for digest in report.bad_blobs:
+        print(f"damaged blob removed: {digest}")
+    for chain in report.bad_layers:
+        print(f"incomplete layer removed: {chain}")
+    if report.ok:
+        print("all stored content verifies")
+        return EXIT_OK
+    _list("damaged image", report.damaged_images)
+    if not args.repair:
+        print("run `quayctl image verify --repair` to re-fetch what is missing", file=sys.stderr)
+        return EXIT_INVALID
+    with RegistryClient(settings.registries) as client:
+        result = repair(store, client, report=report)
+    _list("repaired", result.repaired)
+    for reference, why in result.failed.items():
+        print(f"could not repair {reference}: {why}", file=sys.stderr)
+    return EXIT_OK if not result.failed else EXIT_INVALID
+
+
+def _list(label: str, items: Iterable[str]) -> None:
+    for item in items:
+        print(f"{label}: {item}")
