@@ -32,8 +32,20 @@ from pathlib import Path
 from tests.support.registry import running_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-QUAYCTL = [str(ROOT / ".venv" / "bin" / "quayctl")]
+QUAYCTL: list[str] = []
+"""Set by :func:`install_quay`: quay as a user installs it (no dev tools, no editable finder)."""
 MB = 1024 * 1024
+
+
+def install_quay(work: Path) -> None:
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else "python3"
+    venv = work / "venv"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(ROOT)],
+        check=True,
+    )
+    QUAYCTL[:] = [str(venv / "bin" / "quayctl")]
 
 
 # --- building images -----------------------------------------------------------------------------
@@ -227,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = 1 if args.quick else args.runs
     big_mb = 20 if args.quick else 100
-    tools = {name: TOOLS[name] for name in args.tools.split(",") if shutil.which(_binary(name))}
     # Short paths: podman refuses a runroot longer than 50 characters.
     base = Path(tempfile.mkdtemp(prefix="qb-", dir="/var/tmp"))
     try:
+        install_quay(base)
+        tools = {n: TOOLS[n] for n in args.tools.split(",") if shutil.which(_binary(n))}
         with running_registry(base / "registry") as registry:
             targets = build_images(base, registry.host, big_mb)
             results: dict[tuple[str, str], list[float]] = {}
