@@ -58,6 +58,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 client=client,
                 platform=platform,
                 progress=display,
+                max_concurrent=settings.images.max_concurrent_downloads,
+                min_free_bytes=settings.images.min_free_disk,
             )
     except ImageError as error:
         if display:

@@ -91,6 +91,14 @@ class PruneReport:
     freed_bytes: int = 0
 
 
+@dataclass
+class _Index:
+    """images.json: the image each reference names, and the one it named before."""
+
+    images: dict[str, ImageRecord]
+    previous: dict[str, ImageRecord]
+
+
 class Store:
     """The content store under ``root`` (``<state_dir>/images``). Thread-safe."""
 
@@ -140,13 +148,23 @@ class Store:
     # --- image records -------------------------------------------------------------------------
 
     def images(self) -> dict[str, ImageRecord]:
+        return self._read_index().images
+
+    def previous(self, reference: str) -> ImageRecord | None:
+        """The image ``reference`` named before its last update, kept for a rollback."""
+        return self._read_index().previous.get(str(parse_reference(reference)))
+
+    def _read_index(self) -> _Index:
         try:
             raw = self.index.read_bytes()
         except FileNotFoundError:
-            return {}
+            return _Index({}, {})
         try:
             document = json.loads(raw)
-            return {ref: _record_from(entry) for ref, entry in document["images"].items()}
+            return _Index(
+                {ref: _record_from(entry) for ref, entry in document["images"].items()},
+                {ref: _record_from(e) for ref, e in document.get("previous", {}).items()},
+            )
         except (ValueError, KeyError, TypeError, AttributeError, ImageError) as error:
             raise StoreError(
                 f"{self.index} is damaged ({error}); move it away and pull the images again"
@@ -163,29 +181,37 @@ class Store:
         missing += [layer.chain_id for layer in record.layers if not self.has_layer(layer.chain_id)]
         if missing:
             raise StoreError(f"refusing to record {record.reference}: missing {missing}")
-        with self._images_locked() as images:
-            images[record.reference] = record
+        with self._index_locked() as index:
+            replaced = index.images.get(record.reference)
+            if replaced is not None and replaced.manifest_digest != record.manifest_digest:
+                # Kept (content too) until the next update, so a failed update can roll back.
+                index.previous[record.reference] = replaced
+            index.images[record.reference] = record
 
     def remove(self, reference: str) -> bool:
-        """Forget an image (its content goes at the next :meth:`prune`). False if unknown."""
+        """Forget an image and its previous version (their content goes at the next
+        :meth:`prune`). False if unknown."""
         key = str(parse_reference(reference))
-        with self._images_locked() as images:
-            return images.pop(key, None) is not None
+        with self._index_locked() as index:
+            index.previous.pop(key, None)
+            return index.images.pop(key, None) is not None
 
     @contextlib.contextmanager
-    def _images_locked(self) -> Iterator[dict[str, ImageRecord]]:
+    def _index_locked(self) -> Iterator[_Index]:
         """Read-modify-write of images.json, under a thread lock and a flock."""
         with self._lock, _flocked(self.root / ".images.lock", fcntl.LOCK_EX):
-            images = self.images()
-            before = dict(images)
-            yield images
-            if images != before:
-                self._write_index(images)
+            index = self._read_index()
+            before = (dict(index.images), dict(index.previous))
+            yield index
+            if (index.images, index.previous) != before:
+                self._write_index(index)
 
-    def _write_index(self, images: Mapping[str, ImageRecord]) -> None:
+    def _write_index(self, index: _Index) -> None:
+        images, previous = index.images, index.previous
         document = {
             "version": _FORMAT_VERSION,
             "images": {ref: _record_to(images[ref]) for ref in sorted(images)},
+            "previous": {ref: _record_to(previous[ref]) for ref in sorted(previous)},
         }
         data = json.dumps(document, indent=1).encode() + b"\n"
         _atomic_write(self.index, data)
@@ -299,6 +325,7 @@ class Store:
                 if not _is_hex_name(path.name) or not _marker_ok(path):
                     bad_layers.append(f"sha256:{path.name}")
                     _remove_tree(path)
+            self._drop_damaged_previous()
             missing: dict[str, tuple[str, ...]] = {}
             for reference, record in self.images().items():
                 lacking = [d for d in _blob_digests(record) if not self.has_blob(d)]
@@ -324,11 +351,13 @@ class Store:
             removed_images: list[str] = []
             if keep is not None:
                 wanted = {str(parse_reference(r)) for r in keep}
-                with self._images_locked() as images:
-                    for reference in [r for r in images if r not in wanted]:
-                        del images[reference]
+                with self._index_locked() as index:
+                    for reference in [r for r in index.images if r not in wanted]:
+                        del index.images[reference]
+                        index.previous.pop(reference, None)
                         removed_images.append(reference)
-            records = self.images().values()
+            current = self._read_index()
+            records = [*current.images.values(), *current.previous.values()]
             blobs = {digest_hex(d) for r in records for d in _blob_digests(r)}
             chains = {digest_hex(x.chain_id) for r in records for x in r.layers}
             freed = 0
@@ -357,6 +386,14 @@ class Store:
                 removed_partials=tuple(partials),
                 freed_bytes=freed,
             )
+
+    def _drop_damaged_previous(self) -> None:
+        """A previous version whose content is damaged can no longer serve a rollback."""
+        with self._index_locked() as index:
+            for reference, record in list(index.previous.items()):
+                lacking = [d for d in _blob_digests(record) if not self.has_blob(d)]
+                if lacking or not all(self.has_layer(x.chain_id) for x in record.layers):
+                    del index.previous[reference]
 
     def _remove_leftovers(self) -> list[str]:
         removed: list[str] = []

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from quayd.units.fieldtypes import AbsolutePath, Accepts, syntax_error
+from quayd.units.fieldtypes import AbsolutePath, Accepts, Size, syntax_error
 from quayd.units.findings import Finding, QuayConfigError
 from quayd.units.loader import parse_layers, read_source, validate
 from quayd.units.model import Table
@@ -108,6 +108,19 @@ class RegistrySettings(Table):
     """Per registry, mirrors tried in order before the registry itself."""
 
 
+class ImageSettings(Table):
+    min_free_disk: Size = 512 * 1024 * 1024
+    """A pull that would leave less free space than this on the state dir's disk is refused."""
+    max_concurrent_downloads: Annotated[
+        int, Field(ge=1, le=16), Accepts("a whole number from 1 to 16")
+    ] = 3
+    max_layer_size: Size = 16 * 1024**3
+    """Largest uncompressed layer accepted: a bigger one is treated as a decompression bomb."""
+    max_layer_entries: Annotated[
+        int, Field(ge=1, le=100_000_000), Accepts("a whole number of files, at least 1")
+    ] = 1_000_000
+
+
 class Settings(Table):
     config_dir: AbsolutePath = "/etc/quay.d"
     state_dir: AbsolutePath = "/var/lib/quay"
@@ -117,6 +130,7 @@ class Settings(Table):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     registries: RegistrySettings = Field(default_factory=RegistrySettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
 
 
 @dataclass(frozen=True)

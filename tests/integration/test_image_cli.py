@@ -41,12 +41,14 @@ def pushed(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict
     work = tmp_path_factory.mktemp("images")
     target = images.PushTarget(registry.host)
     busybox = images.busybox_image(work, target)
-    multi = images.multi_image(work, target)
-    gzip_multi = images.multi_image(work / "gz", target, repository="test/multi-gz", zstd=False)
+    # test/multi:1 is gzip throughout, so umoci 0.4.7 (Debian 12) can unpack it for comparison;
+    # its twin with a zstd top layer checks the CLI on zstd too.
+    multi = images.multi_image(work, target, repository="test/multi", zstd=False)
+    zstd = images.multi_image(work / "zstd", target, repository="test/multi-zstd")
     return {
         "busybox": busybox.reference(registry.host),
         "multi": multi.reference(registry.host),
-        "multi-gz": gzip_multi.reference(registry.host),
+        "multi-zstd": zstd.reference(registry.host),
     }
 
 
@@ -109,13 +111,13 @@ def test_prune_unused_keeps_what_units_name(
     units.mkdir()
     (units / "app.toml").write_text(f'[container]\nimage = "{pushed["busybox"]}"\n')
     # An invalid unit's image is kept too: its last good version may still be running.
-    (units / "bad.toml").write_text(f'[container]\nimage = "{pushed["multi"]}"\nbogus = 1\n')
+    (units / "bad.toml").write_text(f'[container]\nimage = "{pushed["multi-zstd"]}"\nbogus = 1\n')
     quayctl("image", "pull", pushed["busybox"])
+    quayctl("image", "pull", pushed["multi-zstd"])
     quayctl("image", "pull", pushed["multi"])
-    quayctl("image", "pull", pushed["multi-gz"])
     result = quayctl("--config-dir", str(units), "image", "prune", "--unused")
-    assert f"removed {pushed['multi-gz']}" in result.stdout
-    assert sorted(quayctl.store.images()) == sorted([pushed["busybox"], pushed["multi"]])
+    assert f"removed {pushed['multi']}" in result.stdout
+    assert sorted(quayctl.store.images()) == sorted([pushed["busybox"], pushed["multi-zstd"]])
 
 
 def test_verify_detects_and_repairs_a_truncated_layer_blob(
@@ -160,9 +162,9 @@ def test_pull_errors_are_clear_and_exit_1(quayctl: Quayctl, registry: Registry) 
 def test_load_an_archive_gives_the_same_image_as_a_pull(
     quayctl: Quayctl, pushed: dict[str, str], tmp_path: Path, transport: str, name_given: bool
 ) -> None:
-    source = pushed["multi-gz"]
+    source = pushed["multi"]
     archive = tmp_path / f"image.{transport}"
-    destination = f"{transport}:{archive}:" + ("test/multi-gz:1" if name_given else "1")
+    destination = f"{transport}:{archive}:" + ("test/multi:1" if name_given else "1")
     subprocess.run(
         ["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{source}", destination],
         check=True,
@@ -173,13 +175,13 @@ def test_load_an_archive_gives_the_same_image_as_a_pull(
         refused = loader("image", "load", str(archive), check=False)
         assert refused.returncode == 1
         assert "--reference" in refused.stderr
-    args = ["--reference", "test/multi-gz:1"] if not name_given else []
+    args = ["--reference", "test/multi:1"] if not name_given else []
     loaded = loader("image", "load", str(archive), *args)
-    assert loaded.stdout.startswith("loaded docker.io/test/multi-gz:1 sha256:")
+    assert loaded.stdout.startswith("loaded docker.io/test/multi:1 sha256:")
 
     quayctl("image", "pull", source)
     pulled = quayctl.store.get(source)
-    stored = loader.store.get("docker.io/test/multi-gz:1")
+    stored = loader.store.get("docker.io/test/multi:1")
     assert pulled is not None
     assert stored is not None
     # docker save re-encodes layers uncompressed; what must agree is what they unpack to.
@@ -269,8 +271,8 @@ def overlay_of(tmp_path: Path) -> Iterator[object]:
 def test_quays_overlay_tree_equals_umocis_unpack(
     quayctl: Quayctl, pushed: dict[str, str], tmp_path: Path, overlay_of: object
 ) -> None:
-    # umoci 0.4.7 (Debian 12) cannot read zstd layers: compare on the gzip twin of test/multi.
-    source = pushed["multi-gz"]
+    source = pushed["multi"]
+    assert source.endswith("/test/multi:1")
     quayctl("image", "pull", source)
     record = quayctl.store.get(source)
     assert record is not None
@@ -296,3 +298,28 @@ def test_quays_overlay_tree_equals_umocis_unpack(
     assert {stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK} <= kinds
     assert any(isinstance(mode := entry[1], int) and mode & stat.S_ISUID for entry in ours.values())
     assert any(entry[5] for entry in ours.values())
+
+
+def test_an_updated_tag_keeps_the_previous_image_for_rollback(
+    quayctl: Quayctl, registry: Registry, tmp_path: Path
+) -> None:
+    target = images.PushTarget(registry.host)
+    first = images.busybox_image(tmp_path / "v1", target, repository="test/moving")
+    reference = first.reference(registry.host)
+    quayctl("image", "pull", reference)
+    # The tag moves to other content (the multi image, pushed under the same name).
+    images.multi_image(tmp_path / "v2", target, repository="test/moving", zstd=False)
+    quayctl("image", "pull", reference)
+    store = quayctl.store
+    current, previous = store.get(reference), store.previous(reference)
+    assert current is not None
+    assert previous is not None
+    assert previous.manifest_digest == first.digest
+    assert current.manifest_digest != first.digest
+    # prune keeps what the previous version needs; rm lets both go.
+    quayctl("image", "prune")
+    assert all(store.has_blob(layer.digest) for layer in previous.layers)
+    assert all(store.has_layer(layer.chain_id) for layer in previous.layers)
+    quayctl("image", "rm", reference)
+    assert store.previous(reference) is None
+    assert not any(store.blobs.iterdir())

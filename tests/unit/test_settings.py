@@ -151,3 +151,17 @@ def test_command_line_directories_override_the_file(tmp_path: Path) -> None:
     assert settings.config_dir == str(tmp_path / "units")
     assert settings.state_dir == "/srv/state"
     assert settings.run_dir == str(Path.cwd() / "relative" / "run")
+
+
+def test_image_settings(tmp_path: Path) -> None:
+    defaults = Settings().images
+    assert (defaults.min_free_disk, defaults.max_concurrent_downloads) == (512 * 1024 * 1024, 3)
+    path = write(tmp_path, '[images]\nmin_free_disk = "2G"\nmax_concurrent_downloads = 6\n')
+    images = load_settings(path).images
+    assert (images.min_free_disk, images.max_concurrent_downloads) == (2 << 30, 6)
+    bad = write(tmp_path, "[images]\nmax_concurrent_downloads = 0\n")
+    with pytest.raises(QuayConfigError) as caught:
+        load_settings(bad)
+    (finding,) = caught.value.findings
+    assert (finding.key, finding.line) == ("images.max_concurrent_downloads", 2)
+    assert finding.accepted == "a whole number from 1 to 16"
