@@ -9,6 +9,8 @@ Scenarios (each tool starts from an empty store for the cold ones):
 
 Runs alternate between the tools (A B C A B C ...) so drift on the machine hits all of them alike.
 Prints median and p95 wall-clock seconds and quay/peer ratios. Numbers, not assertions.
+"quay" is the ``quayctl image pull`` command, process start-up included; "quay-in-agent" is the
+same pull inside a running process, as the agent does it (the ratios use the command).
 """
 
 from __future__ import annotations
@@ -185,6 +187,35 @@ def run_quay(reference: str, work: Path, first: str | None) -> float:
     return _timed([*base, "pull", "-q", reference])
 
 
+_IN_PROCESS = """
+import sys, time
+from pathlib import Path
+from quayd.images.pull import pull
+from quayd.images.registry import RegistryClient
+from quayd.images.store import Store
+first, reference, state = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+store = Store(state)
+with RegistryClient() as client:
+    if first:
+        pull(first, store=store, client=client)
+    start = time.perf_counter()
+    pull(reference, store=store, client=client)
+    print(time.perf_counter() - start)
+"""
+
+
+def run_quay_in_agent(reference: str, work: Path, first: str | None) -> float:
+    """The pull as the agent does it: in a running process, imports and start-up already paid."""
+    python = str(Path(QUAYCTL[0]).parent / "python")
+    result = subprocess.run(
+        [python, "-c", _IN_PROCESS, first or "", reference, str(work / "state")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(result.stdout)
+
+
 def run_podman(reference: str, work: Path, first: str | None) -> float:
     base = ["podman", "--root", str(work / "root"), "--runroot", str(work / "r"),
             "--storage-driver", "overlay", "pull", "--quiet", "--tls-verify=false"]  # fmt: skip
@@ -218,6 +249,7 @@ def run_skopeo_umoci(reference: str, work: Path, first: str | None) -> float:
 
 TOOLS: dict[str, Runner] = {
     "quay": run_quay,
+    "quay-in-agent": run_quay_in_agent,
     "podman": run_podman,
     "skopeo+umoci": run_skopeo_umoci,
 }
@@ -263,7 +295,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _binary(tool: str) -> str:
-    return {"quay": QUAYCTL[0], "podman": "podman", "skopeo+umoci": "umoci"}[tool]
+    return {
+        "quay": QUAYCTL[0],
+        "quay-in-agent": QUAYCTL[0],
+        "podman": "podman",
+        "skopeo+umoci": "umoci",
+    }[tool]
 
 
 def _remove(path: Path) -> None:
@@ -287,5 +324,5 @@ def _report(
         for tool in tools:
             values = results[(scenario, tool)]
             median = statistics.median(values)
-            ratio = "" if tool == "quay" else f"{quay / median:.2f}x"
+            ratio = "" if tool.startswith("quay") else f"{quay / median:.2f}x"
             print(f"{scenario:<14}{tool:<14}{median:>10.3f}{p95(values):>10.3f}{ratio:>11}")
