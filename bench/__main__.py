@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import pull
+from bench import decompress, pull
 
-SCENARIOS = {"pull": pull.main}
+SCENARIOS = {"pull": pull.main, "decompress": decompress.main}
 
 
 def main() -> int:
