@@ -6,14 +6,18 @@ snapshotted (types, modes, owners, times, contents, xattrs) before and after, an
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import gzip
 import hashlib
 import io
 import os
+import pwd
 import resource
 import stat
 import struct
 import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -836,3 +840,55 @@ def test_pax_global_headers_are_ignored(tmp_path: Path) -> None:
     unpack(buf.getvalue(), tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["plain"]
     assert xattrs(tmp_path / "plain") == {}
+
+
+def test_cve_2018_15664_swapping_a_directory_for_a_symlink_mid_unpack(arena: Arena) -> None:
+    # docker cp resolved a path, then used it: a container swapping a component for a symlink in
+    # between redirected the write to the host. Here another thread keeps swapping the directory
+    # the layer writes into for a symlink to the sentinel tree, as fast as it can. Writes go
+    # through directory fds already open, never through a path looked up again, so whatever the
+    # interleaving, nothing outside the layer directory changes (the arena checks that).
+    layer = arena.layer()
+    entries = [D("d"), *(E(f"d/f{n}", data=b"x" * 512) for n in range(3000))]
+    blob = build(entries)
+    stop = threading.Event()
+    swaps = 0
+
+    def swap() -> None:
+        nonlocal swaps
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                os.rename(layer / "d", layer / "d.real")
+                os.symlink(arena.outside, layer / "d")
+                swaps += 1
+                os.unlink(layer / "d")
+                os.rename(layer / "d.real", layer / "d")
+
+    racer = threading.Thread(target=swap)
+    racer.start()
+    try:
+        with contextlib.suppress(UnpackError):
+            unpack(blob, layer)
+    finally:
+        stop.set()
+        racer.join()
+    assert swaps > 0  # the race really ran
+    assert not (arena.outside / "f0").exists()
+
+
+def test_cve_2019_14271_no_name_lookups_and_no_chroot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docker cp ran in a chroot of the container and loaded the container's libnss to look up
+    # names. quay never changes root and never resolves names: owners are the numeric ids.
+    def forbidden(*_: object) -> None:
+        raise AssertionError("the unpacker must not resolve names or change root")
+
+    for module, name in ((pwd, "getpwnam"), (pwd, "getpwuid"), (grp, "getgrnam"),
+                         (grp, "getgrgid"), (os, "chroot")):  # fmt: skip
+        monkeypatch.setattr(module, name, forbidden)
+    entry = E("owned", data=b"x", uid=1234, gid=5678)
+    entry.pax.update({"uname": "root", "gname": "root"})  # names that would map to 0 if used
+    unpack(build([entry]), tmp_path)
+    info = os.lstat(tmp_path / "owned")
+    assert (info.st_uid, info.st_gid) == (1234, 5678)
