@@ -8,11 +8,24 @@ and after a restart; every blob is checked against its digest and size before it
 every unpacked layer's diff_id against the config. The image is recorded only when all of it is
 stored. Blobs and layers already in the store are not fetched again.
 
+A layer whose download is still running when its turn to unpack comes is unpacked *while* it
+downloads: the unpack reads the partial file as it grows (:class:`_FeedReader`, woken by the
+downloader through a condition), not from the network and not from memory. Layers still unpack
+one at a time in chain order. A streamed layer is committed only once its blob is verified and
+stored, the bytes the unpack read hash to the blob's digest and its diff_id is the config's; if
+the download fails, the unpack stops, is discarded, and the download's error is raised. If the
+partial file is rewritten from its start meanwhile (a registry answering 200 to a ``Range``
+request, or a resumed partial that failed verification and was fetched again), what was read
+may not be the final bytes: that unpack is discarded and the layer unpacked again from the
+verified blob.
+
 ``pull = "missing"`` is the caller's: ``store.get(reference)`` says whether an image is there.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,9 +33,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from quayd.images.config import MAX_CONFIG_SIZE, parse_config
-from quayd.images.errors import ImageError, ManifestError, RegistryError, VerificationError
+from quayd.images.errors import (
+    ImageError,
+    ManifestError,
+    RegistryError,
+    UnpackError,
+    VerificationError,
+)
 from quayd.images.manifest import Index, Manifest, parse_manifest, select_platform
 from quayd.images.model import (
     Descriptor,
@@ -35,13 +55,18 @@ from quayd.images.model import (
 )
 from quayd.images.registry import InterruptedTransferError, RegistryClient, RetryPolicy
 from quayd.images.store import DEFAULT_MIN_FREE_BYTES, LAYER_ROOT, Ingest, Store, VerifyReport
-from quayd.images.unpack import apply_layer
+from quayd.images.unpack import UnpackResult, apply_layer
 from quayd.units.reference import ImageReference, parse_reference
 
 MAX_INDEX_DEPTH = 3
 UNPACK_ESTIMATE = 2
 """Unpacked bytes per compressed byte assumed by the disk-space check (gzip is usually 2 to 4)."""
 _PROGRESS_STEP = 1024 * 1024
+_STREAM_READ = 1024 * 1024
+"""Most bytes a streamed unpack reads from the partial file at once."""
+_STREAM_WAIT = 5.0
+"""Seconds a streamed unpack waits for a word from its download before it looks whether the
+download is still running (a safety net: every append, rewrite and end wakes it at once)."""
 
 
 @dataclass(frozen=True)
@@ -284,34 +309,64 @@ class _Job:
         self.fetch_layers(record.layers)
 
     def fetch_layers(self, layers: Sequence[LayerRecord]) -> None:
-        """Download missing blobs in parallel; unpack missing layers in chain order meanwhile."""
-        with ThreadPoolExecutor(
-            max(1, self.max_concurrent), thread_name_prefix="quay-pull"
-        ) as pool:
-            downloads: dict[int, Future[None]] = {}
-            for index, layer in enumerate(layers):
-                if self.store.has_blob(layer.digest):
-                    self.report(self._event(layer, "exists", 0))
-                    continue
-                downloads[index] = pool.submit(self.download, layer)
-            try:
-                for index, layer in enumerate(layers):
-                    if index in downloads:
-                        downloads[index].result()
-                    if self.store.has_layer(layer.chain_id):
-                        continue
-                    with self.store.layer_lock(layer.chain_id):
-                        if not self.store.has_layer(layer.chain_id):
-                            self.unpack(layers, index)
-            except BaseException:
-                self.abort.set()
-                for future in downloads.values():
-                    future.cancel()
-                raise
+        """Download missing blobs in parallel; unpack missing layers in chain order meanwhile.
 
-    def download(self, layer: LayerRecord) -> None:
-        """Fetch one blob into the store, resuming from its partial download."""
+        A layer whose download is still running when its turn comes is streamed from its
+        partial file (:meth:`unpack_streamed`); one whose blob is complete is read from the
+        blob file (:meth:`unpack`).
+        """
+        feeds: dict[int, _Feed] = {}
+        try:
+            with ThreadPoolExecutor(
+                max(1, self.max_concurrent), thread_name_prefix="quay-pull"
+            ) as pool:
+                downloads: dict[int, Future[None]] = {}
+                for index, layer in enumerate(layers):
+                    if self.store.has_blob(layer.digest):
+                        self.report(self._event(layer, "exists", 0))
+                        continue
+                    feeds[index] = _Feed(layer.size)
+                    downloads[index] = pool.submit(self._download_feeding, layer, feeds[index])
+                try:
+                    for index, layer in enumerate(layers):
+                        download = downloads.get(index)
+                        if not self.store.has_layer(layer.chain_id):
+                            if download is not None and not download.done():
+                                self.unpack_streamed(layers, index, feeds[index], download)
+                            else:
+                                if download is not None:
+                                    download.result()
+                                self.unpack(layers, index)
+                        if download is not None:
+                            download.result()
+                            feeds[index].close()
+                except BaseException:
+                    self.abort.set()
+                    for future in downloads.values():
+                        future.cancel()
+                    raise
+        finally:
+            for feed in feeds.values():  # every download has ended: none attaches any more
+                feed.close()
+
+    def _download_feeding(self, layer: LayerRecord, feed: _Feed) -> None:
+        """:meth:`download`, telling ``feed`` how it ends."""
+        try:
+            self.download(layer, feed)
+        except BaseException:
+            feed.fail()
+            raise
+        feed.finish()
+
+    def download(self, layer: LayerRecord, feed: _Feed | None = None) -> None:
+        """Fetch one blob into the store, resuming from its partial download.
+
+        ``feed`` (if any) is told where the partial file is, how far it is written and when it
+        is rewritten from its start, for an unpack that reads it meanwhile.
+        """
         with self.store.ingest(layer.digest, layer.size) as ingest:
+            if feed is not None:
+                feed.attach(ingest)
             restarted = False
             stalls = 0
             while not ingest.complete:
@@ -320,6 +375,8 @@ class _Job:
                     try:
                         ingest.commit()  # on a mismatch, empties the partial
                     except VerificationError as error:
+                        if feed is not None:
+                            feed.rewound()
                         if resumed and not restarted:
                             # The kept prefix may be what is wrong (a power cut): start over once.
                             restarted = True
@@ -332,7 +389,7 @@ class _Job:
                     break
                 before = ingest.offset
                 try:
-                    self._transfer(layer, ingest)
+                    self._transfer(layer, ingest, feed)
                 except InterruptedTransferError as error:
                     stalls = 0 if ingest.offset > before else stalls + 1
                     if stalls >= self.resume.attempts:
@@ -354,12 +411,14 @@ class _Job:
                     time.sleep(self.resume.delay(stalls))
         self.report(self._event(layer, "downloaded", layer.size))
 
-    def _transfer(self, layer: LayerRecord, ingest: Ingest) -> None:
+    def _transfer(self, layer: LayerRecord, ingest: Ingest, feed: _Feed | None) -> None:
         """One request's worth of a blob, appended to ``ingest``."""
         if self.abort.is_set():
             raise _AbortedError
         with self.client.open_blob(self.image, layer.digest, ingest.offset) as blob:
             if blob.offset != ingest.offset:
+                if feed is not None:
+                    feed.rewound()  # before the partial is emptied
                 ingest.restart()
             reported = ingest.offset
             for chunk in blob.chunks():
@@ -370,15 +429,83 @@ class _Job:
                 except VerificationError as error:
                     ingest.discard()
                     raise VerificationError(f"{self.image}: {error} (from {blob.where})") from None
+                if feed is not None:
+                    feed.grew(ingest.offset)
                 if ingest.offset - reported >= _PROGRESS_STEP:
                     reported = ingest.offset
                     self.report(self._event(layer, "download", ingest.offset))
 
     def unpack(self, layers: Sequence[LayerRecord], index: int) -> None:
+        """Unpack ``layers[index]`` from its stored blob (once, across concurrent pulls)."""
+        layer = layers[index]
+        with self.store.layer_lock(layer.chain_id):
+            if self.store.has_layer(layer.chain_id):
+                return
+            self.report(self._event(layer, "unpacking", 0))
+            unpack_layer(self.store, layers, index, image=str(self.image))
+        self.report(self._event(layer, "unpacked", layer.size))
+
+    def unpack_streamed(
+        self, layers: Sequence[LayerRecord], index: int, feed: _Feed, download: Future[None]
+    ) -> None:
+        """Unpack ``layers[index]`` while ``download`` fetches its blob, reading the partial
+        file as it grows; on return the blob is stored and the layer unpacked.
+
+        The staged layer is committed only when the download stored the blob and the bytes the
+        unpack read are the blob (same size, same digest, no rewrite of the partial in
+        between) with the config's diff_id. A failed download raises its own error. A rewrite of
+        the partial (rare) discards the streamed unpack, and the layer is unpacked again from
+        the stored blob. The layer lock is taken only to commit: a failed pull leaves nothing.
+        """
         layer = layers[index]
         self.report(self._event(layer, "unpacking", 0))
-        unpack_layer(self.store, layers, index, image=str(self.image))
+        staging = self.store.stage_layer()
+        try:
+            result = self._apply_streamed(layers, index, feed, download, staging)
+            if result is not None:
+                _check_diff_id(layer, result.diff_id, image=str(self.image))
+                with self.store.layer_lock(layer.chain_id):
+                    if self.store.has_layer(layer.chain_id):  # another pull unpacked it
+                        self.store.discard_staging(staging)
+                    else:
+                        self.store.commit_layer(staging, layer.chain_id, _layer_info(layer, result))
+        except BaseException:
+            self.store.discard_staging(staging)
+            raise
+        if result is None:
+            # Rare: the partial was rewritten under the unpack. Start again from the blob.
+            self.store.discard_staging(staging)
+            with self.store.layer_lock(layer.chain_id):
+                if not self.store.has_layer(layer.chain_id):
+                    unpack_layer(self.store, layers, index, image=str(self.image))
         self.report(self._event(layer, "unpacked", layer.size))
+
+    def _apply_streamed(
+        self,
+        layers: Sequence[LayerRecord],
+        index: int,
+        feed: _Feed,
+        download: Future[None],
+        staging: Path,
+    ) -> UnpackResult | None:
+        """Apply ``layers[index]`` into ``staging`` from its growing partial file; wait for
+        the download. Its result if what it read is the stored blob, else None. Raises the
+        download's error if it failed, and an UnpackError of the blob's own bytes."""
+        parents = [self.store.layer_path(below.chain_id) for below in reversed(layers[:index])]
+        reader = _FeedReader(feed, download)
+        result = None
+        try:
+            result = apply_layer(cast(BinaryIO, reader), staging / LAYER_ROOT, parents=parents)
+        except _StreamBrokenError:
+            pass  # the download failed (raised below), or what was read is not final
+        except UnpackError:
+            download.result()  # a failed download is the better explanation
+            if reader.consistent():
+                raise  # the verified blob's own bytes do not unpack
+        download.result()
+        if result is None or not reader.verified(layers[index].digest):
+            return None
+        return result
 
     def _event(self, layer: LayerRecord, phase: str, done: int) -> PullProgress:
         return PullProgress(self.report.name, "layer", layer.digest, phase, done, layer.size)
@@ -396,25 +523,174 @@ def unpack_layer(store: Store, layers: Sequence[LayerRecord], index: int, *, ima
     try:
         with store.blob_path(layer.digest).open("rb") as stream:
             result = apply_layer(stream, staging / LAYER_ROOT, parents=parents)
-        if result.diff_id != layer.diff_id:
-            raise VerificationError(
-                f"{image}: layer {layer.digest} unpacks to diff_id {result.diff_id}, but the "
-                f"image config says {layer.diff_id}; the image is inconsistent and was not stored"
-            )
-        return store.commit_layer(
-            staging,
-            layer.chain_id,
-            {
-                "digest": layer.digest,
-                "diff_id": layer.diff_id,
-                "media_type": layer.media_type,
-                "entries": result.entries,
-                "uncompressed_bytes": result.uncompressed_bytes,
-            },
-        )
+        _check_diff_id(layer, result.diff_id, image=image)
+        return store.commit_layer(staging, layer.chain_id, _layer_info(layer, result))
     except BaseException:
         store.discard_staging(staging)
         raise
+
+
+def _check_diff_id(layer: LayerRecord, diff_id: str, *, image: str) -> None:
+    if diff_id != layer.diff_id:
+        raise VerificationError(
+            f"{image}: layer {layer.digest} unpacks to diff_id {diff_id}, but the "
+            f"image config says {layer.diff_id}; the image is inconsistent and was not stored"
+        )
+
+
+def _layer_info(layer: LayerRecord, result: UnpackResult) -> dict[str, object]:
+    """What the layer's marker records."""
+    return {
+        "digest": layer.digest,
+        "diff_id": layer.diff_id,
+        "media_type": layer.media_type,
+        "entries": result.entries,
+        "uncompressed_bytes": result.uncompressed_bytes,
+    }
+
+
+# --- streaming a layer from its partial download -------------------------------------------------
+
+
+class _StreamBrokenError(Exception):
+    """A streamed unpack cannot go on: its download failed, or the partial file it reads was
+    rewritten from the start (or cannot be read). The download's outcome says which."""
+
+
+class _Feed:
+    """What one layer's download tells the unpack that reads its partial file meanwhile.
+
+    The downloader (a pool thread) calls :meth:`attach` once it holds the ingest, :meth:`grew`
+    after each append, :meth:`rewound` when the partial is about to be (or was just) emptied,
+    then :meth:`finish` or :meth:`fail`; each wakes the reader waiting on :attr:`changed`. The
+    reader reads through its own file descriptor of the partial's inode, which stays valid when
+    the verified blob is renamed into ``blobs/``. The pulling thread closes it.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.changed = threading.Condition()
+        self.attached = False
+        self.fd = -1
+        """Read-only, of the partial file's inode; -1 when there is none to read (another
+        writer stored the blob first, or it could not be opened)."""
+        self.written = 0
+        """Bytes of the partial file that are written (valid until the next rewind)."""
+        self.rewinds = 0
+        """How often the partial was emptied to be written again from its start."""
+        self.state = "running"
+        """``"running"``, ``"done"`` (the blob is stored) or ``"failed"``."""
+        self._closed = False
+
+    def attach(self, ingest: Ingest) -> None:
+        """Called with the ingest's lock held: the partial at ``ingest.path`` is this
+        download's own file (only the lock holder renames or removes it; prune waits for
+        pulls), so opening it by name opens the inode being written."""
+        with self.changed:
+            if self._closed:
+                return
+            if not ingest.complete:
+                try:
+                    self.fd = os.open(ingest.path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    self.fd = -1  # the unpack waits for the blob instead
+                self.written = ingest.offset  # a resumed partial is streamed from byte 0
+            self.attached = True
+            self.changed.notify_all()
+
+    def grew(self, offset: int) -> None:
+        with self.changed:
+            self.written = offset
+            self.changed.notify_all()
+
+    def rewound(self) -> None:
+        with self.changed:
+            self.rewinds += 1
+            self.written = 0
+            self.changed.notify_all()
+
+    def finish(self) -> None:
+        self._end("done")
+
+    def fail(self) -> None:
+        self._end("failed")
+
+    def _end(self, state: str) -> None:
+        with self.changed:
+            self.state = state
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        with self.changed:
+            self._closed = True
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+
+
+class _FeedReader:
+    """A read-only binary stream of a blob being downloaded, for :func:`apply_layer`.
+
+    ``read`` returns bytes as soon as the downloader has written past the position (short reads
+    are normal), waiting on the feed's condition until then; it ends (``b""``) at the blob's
+    size and raises :class:`_StreamBrokenError` when the download fails or rewinds. The bytes
+    handed out are hashed, so :meth:`verified` can tell whether they were the blob.
+    """
+
+    def __init__(self, feed: _Feed, download: Future[None]) -> None:
+        self._feed = feed
+        self._download = download
+        self._hash = hashlib.sha256()
+        self.position = 0
+        self._intact = True
+        with feed.changed:
+            self._rewinds = feed.rewinds
+
+    def read(self, size: int = -1) -> bytes:
+        feed = self._feed
+        want = _STREAM_READ if size < 0 else min(size, _STREAM_READ)
+        if want == 0 or self.position >= feed.size:
+            return b""
+        with feed.changed:
+            while True:
+                if feed.rewinds != self._rewinds:
+                    self._intact = False
+                    raise _StreamBrokenError("the partial download was rewritten")
+                if feed.state == "failed":
+                    raise _StreamBrokenError("the download failed")
+                if feed.attached:
+                    if feed.fd < 0:
+                        raise _StreamBrokenError("there is no partial download to read")
+                    if feed.written > self.position:
+                        break
+                    if feed.state == "done":  # stored, yet shorter than the position: no
+                        raise _StreamBrokenError("the download ended short")
+                woken = feed.changed.wait(_STREAM_WAIT)
+                if not woken and self._download.done() and feed.state == "running":
+                    raise _StreamBrokenError("the download stopped")  # cancelled before it ran
+            count = min(want, feed.written - self.position)
+            fd = feed.fd
+        data = os.pread(fd, count, self.position)
+        if len(data) < count:  # emptied under us: a rewind the feed is about to announce
+            self._intact = False
+            raise _StreamBrokenError("the partial download shrank")
+        self._hash.update(data)
+        self.position += count
+        return data
+
+    def consistent(self) -> bool:
+        """Whether what was read is a prefix of the blob's final bytes. Ask once the download
+        ended: every rewrite of the partial was announced by then."""
+        with self._feed.changed:
+            return self._intact and self._feed.rewinds == self._rewinds
+
+    def verified(self, digest: str) -> bool:
+        """Whether the bytes read are the whole blob ``digest`` (ask once it is stored)."""
+        return (
+            self.consistent()
+            and self.position == self._feed.size
+            and "sha256:" + self._hash.hexdigest() == digest
+        )
 
 
 class _Reporter:

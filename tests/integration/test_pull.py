@@ -2,17 +2,24 @@
 
 Test images are built in Python from /bin/busybox and pushed with skopeo (tests/support).
 Nothing here mocks the registry: TLS, htpasswd and token auth are the registry's own; the
-proxies in tests/support only forward, cut or redirect real traffic.
+proxies in tests/support only forward, cut, slow down or redirect real traffic.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
 import os
 import shutil
 import stat
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -25,23 +32,32 @@ from quayd.images.errors import (
     VerificationError,
 )
 from quayd.images.model import Platform, chain_ids
-from quayd.images.pull import pull, repair
+from quayd.images.pull import PullProgress, pull, repair
 from quayd.images.registry import RegistryClient, RetryPolicy
 from quayd.images.store import LAYER_MARKER, Store
+from quayd.images.unpack import UnpackResult, apply_layer
 from quayd.units.settings import RegistrySettings
 from tests.support.images import (
+    MTIME,
     PLATFORMS,
     BuiltImage,
+    Entry,
+    Layer,
+    OciLayout,
     PushTarget,
     busybox_image,
+    file,
     multi_image,
+    multi_layers,
     platforms_image,
+    push,
     unique_image,
 )
 from tests.support.registry import (
     CuttingProxy,
     RedirectingFront,
     Registry,
+    ThrottlingProxy,
     TlsFiles,
     TokenServer,
     docker_config,
@@ -519,3 +535,336 @@ def test_remove_and_prune_keep_what_other_images_use(plain: Plain, store: Store)
     assert report.removed_images == (kept.reference,)
     assert list(store.blobs.iterdir()) == []
     assert list(store.layers.iterdir()) == []
+
+
+# --- unpacking while downloading (streamed from the partial download) ---------------------------
+
+
+class Events:
+    """A progress callback that keeps every event (they come from several threads)."""
+
+    def __init__(self) -> None:
+        self.events: list[PullProgress] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: PullProgress) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def phases(self, digest: str) -> list[str]:
+        with self._lock:
+            return [e.phase for e in self.events if e.digest == digest]
+
+
+@pytest.fixture
+def applied(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """How each layer was applied, in order: "streamed" (from the growing partial download) or
+    "file" (from the stored blob). A spy around the real apply_layer; nothing is faked."""
+    calls: list[str] = []
+
+    def spy(stream: BinaryIO, target: Path, **options: Any) -> UnpackResult:
+        calls.append("file" if isinstance(stream, io.BufferedReader) else "streamed")
+        return apply_layer(stream, target, **options)
+
+    monkeypatch.setattr("quayd.images.pull.apply_layer", spy)
+    return calls
+
+
+def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+    """Everything about every path under ``root`` and ``root`` itself: type, mode, owner, size,
+    device numbers, times, link target, content hash, every xattr (``trusted.*`` too), and which
+    paths share an inode. Times are compared when they come from an archive (the test images'
+    MTIME): an unlisted root and whiteouts get "now", which differs between two unpacks."""
+    entries: dict[str, tuple[object, ...]] = {}
+    inodes: dict[int, str] = {}
+    paths = [root]
+    for directory, dirs, files in os.walk(root):
+        paths += [Path(directory) / name for name in sorted(dirs + files)]
+    for path in paths:
+        info = path.lstat()
+        relative = str(path.relative_to(root))
+        content: object = None
+        if stat.S_ISLNK(info.st_mode):
+            content = os.readlink(path)
+        elif stat.S_ISREG(info.st_mode):
+            content = hashlib.sha256(path.read_bytes()).hexdigest()
+        mtime: object = info.st_mtime_ns
+        if mtime != MTIME * 10**9:
+            mtime = "not from an archive"
+        xattrs = (
+            {}
+            if stat.S_ISLNK(info.st_mode)
+            else {k: os.getxattr(path, k) for k in os.listxattr(path)}
+        )
+        entries[relative] = (
+            stat.S_IFMT(info.st_mode),
+            stat.S_IMODE(info.st_mode),
+            info.st_uid,
+            info.st_gid,
+            info.st_size if not stat.S_ISDIR(info.st_mode) else None,
+            info.st_rdev,
+            mtime,
+            content,
+            sorted(xattrs.items()),
+            inodes.setdefault(info.st_ino, relative) if not stat.S_ISDIR(info.st_mode) else None,
+        )
+    return entries
+
+
+def layer_marker(store: Store, chain_id: str) -> dict[str, object]:
+    marker: dict[str, object] = json.loads((store.layer_dir(chain_id) / LAYER_MARKER).read_bytes())
+    marker.pop("stored")
+    return marker
+
+
+def blob_requests(proxy: CuttingProxy, digest: str) -> list[str]:
+    return [r for r in proxy.requests if f"/blobs/{digest}" in r.split("\r\n")[0]]
+
+
+def range_of(request: str) -> str | None:
+    lines = [x for x in request.split("\r\n") if x.lower().startswith("range:")]
+    return lines[0].split(":", 1)[1].strip() if lines else None
+
+
+def staged_bytes(store: Store, name: str) -> int:
+    """Bytes of ``name`` in layers being unpacked (staging dirs) right now."""
+    total = 0
+    for path in store.layers.glob(f".staging-*/root/{name}"):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
+
+
+def padded(layer: Layer, name: str, pad: bytes, *, zstd: bool = False) -> Layer:
+    """``layer``'s entries again (headers, data, xattrs, links), plus a file ``name`` of
+    ``pad``: a layer that takes a while to download through a throttled proxy."""
+    entries = []
+    with tarfile.open(fileobj=io.BytesIO(layer.tar), mode="r:") as archive:
+        for info in archive:
+            source = archive.extractfile(info) if info.isreg() else None
+            entries.append(Entry(info, source.read() if source else b""))
+    return Layer.of([*entries, file(name, pad)], zstd=zstd)
+
+
+@pytest.fixture(scope="module")
+def padded_multi(plain: Plain, tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """test/multi's three layers (whiteouts, opaque dir, hardlinks, xattrs, setuid; the top one
+    zstd), each with 2 MB of random data added so that every one downloads for a while."""
+    work = tmp_path_factory.mktemp("padded")
+    layers = [
+        padded(layer, f"pad/{index}.bin", os.urandom(2_000_000), zstd=index == 2)
+        for index, layer in enumerate(multi_layers())
+    ]
+    layout = OciLayout(work / "layout")
+    descriptor, config = layout.image(layers, Platform.host())
+    layout.tag(descriptor, "1")
+    push(layout, "1", "test/padded", PushTarget(plain.host))
+    return BuiltImage("test/padded", "1", descriptor["digest"], layers, config_digest=config)
+
+
+def test_streamed_unpack_gives_the_layers_and_record_of_an_unpack_from_stored_blobs(
+    plain: Plain, padded_multi: BuiltImage, tmp_path: Path, applied: list[str]
+) -> None:
+    image = padded_multi
+    streamed_store, stored_store = Store(tmp_path / "streamed"), Store(tmp_path / "stored")
+    events = Events()
+    with ThrottlingProxy(plain.host, throttle_path="/blobs/", rate=1_500_000) as proxy:
+        reference = f"{proxy.host}/{image.repository}:{image.tag}"
+        # One download at a time, each ~1.4 s: every layer's turn to unpack comes while its
+        # blob is still downloading.
+        with client_for() as client:
+            streamed = pull(
+                reference, store=streamed_store, client=client, max_concurrent=1, progress=events
+            )
+        assert applied == ["streamed"] * 3
+        for layer in image.layers:
+            phases = events.phases(layer.digest)
+            assert phases.index("unpacking") < phases.index("downloaded") < phases.index("unpacked")
+
+        # The same image again into a store that has the layer blobs: unpacked from the files.
+        applied.clear()
+        for stored in streamed.layers:
+            stored_store.put_blob(streamed_store.read_blob(stored.digest), stored.digest)
+        with client_for() as client:
+            from_files = pull(reference, store=stored_store, client=client)
+        assert applied == ["file"] * 3
+
+    assert dataclasses.replace(from_files, created="") == dataclasses.replace(streamed, created="")
+    for unpacked in streamed.layers:
+        chain = unpacked.chain_id
+        assert snapshot(streamed_store.layer_path(chain)) == snapshot(
+            stored_store.layer_path(chain)
+        )
+        assert layer_marker(streamed_store, chain) == layer_marker(stored_store, chain)
+    for store in (streamed_store, stored_store):
+        assert_complete(store, image, reference)
+        assert store.verify().ok
+    one = streamed_store.layer_path(streamed.layers[1].chain_id)
+    assert stat.S_ISCHR((one / "opt/gone.txt").lstat().st_mode)  # the whiteout came through
+    assert os.getxattr(one / "opt/opaque", "trusted.overlay.opaque") == b"y"
+
+
+def test_a_layer_unpacks_while_it_downloads(
+    plain: Plain, store: Store, tmp_path: Path, applied: list[str]
+) -> None:
+    payload = os.urandom(6_000_000)
+    image = unique_image(tmp_path, PushTarget(plain.host), "test/overlap", payload)
+    layer = image.layers[0]
+    events = Events()
+    unpacked_while_downloading: list[int] = []
+
+    def progress(event: PullProgress) -> None:
+        events(event)
+        if event.digest == layer.digest and event.phase == "download":
+            unpacked_while_downloading.append(staged_bytes(store, "data/payload.bin"))
+
+    rate = 4_000_000  # ~1.5 s for the blob
+    with ThrottlingProxy(plain.host, throttle_path=f"/blobs/{layer.digest}", rate=rate) as proxy:
+        reference = f"{proxy.host}/{image.repository}:{image.tag}"
+        with client_for() as client:
+            record = pull(reference, store=store, client=client, progress=progress)
+    assert proxy.throttled >= len(layer.blob)
+    phases = events.phases(layer.digest)
+    assert phases.index("unpacking") < phases.index("downloaded") < phases.index("unpacked")
+    assert phases.count("unpacking") == 1
+    assert applied == ["streamed"]
+    # Not just started: megabytes of the file were unpacked before the download ended.
+    assert max(unpacked_while_downloading) >= 1_000_000, unpacked_while_downloading
+    root = store.layer_path(record.layers[0].chain_id)
+    assert (root / "data/payload.bin").read_bytes() == payload
+    assert store.verify().ok
+
+
+@pytest.mark.parametrize("where", ["early", "late"])
+def test_a_tampered_blob_is_refused_while_streaming_and_leaves_nothing(
+    plain: Plain, store: Store, tmp_path: Path, applied: list[str], where: str
+) -> None:
+    target = PushTarget(plain.host)
+    image = unique_image(tmp_path, target, f"test/tampered-{where}", os.urandom(3_000_000))
+    layer = image.layers[0]
+    data = plain.registry.blob_data_path(layer.digest)
+    tampered = bytearray(data.read_bytes())
+    # Early: gzip's header flags (the unpack fails at once, the download goes on); late: in the
+    # payload's data (the unpack keeps up with the download until that fails verification).
+    tampered[3 if where == "early" else len(tampered) * 3 // 4] ^= 0xFF
+    data.write_bytes(bytes(tampered))
+
+    events = Events()
+    rate = 3_000_000
+    with ThrottlingProxy(plain.host, throttle_path=f"/blobs/{layer.digest}", rate=rate) as proxy:
+        reference = f"{proxy.host}/{image.repository}:{image.tag}"
+        with client_for() as client, pytest.raises(VerificationError) as caught:
+            pull(reference, store=store, client=client, progress=events)
+    message = str(caught.value)
+    assert layer.digest in message
+    assert f"test/tampered-{where}" in message
+    assert applied == ["streamed"]
+    assert "unpacking" in events.phases(layer.digest)
+    assert "downloaded" not in events.phases(layer.digest)
+    assert not store.has_blob(layer.digest)
+    assert list(store.ingest_dir.iterdir()) == []
+    assert store.images() == {}
+    assert list(store.layers.iterdir()) == []  # no layer, no staging dir, not even a lock file
+
+
+def test_a_cut_connection_during_a_streamed_unpack_resumes_and_ends_verified(
+    plain: Plain, store: Store, tmp_path: Path, applied: list[str]
+) -> None:
+    payload = os.urandom(3_000_000)
+    image = unique_image(tmp_path, PushTarget(plain.host), "test/cut-streamed", payload)
+    layer = image.layers[0]
+    path = f"/blobs/{layer.digest}"
+    events = Events()
+    with ThrottlingProxy(
+        plain.host, throttle_path=path, rate=3_000_000, cut_path=path, cut_after=1_000_000, cuts=1
+    ) as proxy:
+        reference = f"{proxy.host}/{image.repository}:{image.tag}"
+        with client_for() as client:
+            record = pull(reference, store=store, client=client, progress=events)
+    asks = blob_requests(proxy, layer.digest)
+    assert len(asks) == 2
+    assert range_of(asks[0]) is None
+    resumed_at = int(str(range_of(asks[1])).removeprefix("bytes=").rstrip("-"))
+    assert 999_000 < resumed_at < 1_000_000
+    phases = events.phases(layer.digest)
+    assert phases.index("unpacking") < phases.index("downloaded") < phases.index("unpacked")
+    assert applied == ["streamed"]  # one unpack, carried on across the resumed download
+    assert (store.layer_path(record.layers[0].chain_id) / "data/payload.bin").read_bytes() == (
+        payload
+    )
+    assert_complete(store, image, reference)
+    assert store.verify().ok
+
+
+def test_a_download_failing_under_a_streamed_unpack_fails_the_pull_and_keeps_the_partial(
+    plain: Plain, store: Store, tmp_path: Path, applied: list[str]
+) -> None:
+    image = unique_image(tmp_path, PushTarget(plain.host), "test/dies", os.urandom(3_000_000))
+    layer = image.layers[0]
+    path = f"/blobs/{layer.digest}"
+    events = Events()
+    with (
+        ThrottlingProxy(
+            plain.host,
+            throttle_path=path,
+            rate=3_000_000,
+            cut_path=path,
+            cut_after=1_000_000,
+            cuts=1,
+            die=True,
+        ) as proxy,
+        client_for() as client,
+        pytest.raises(RegistryError),
+    ):
+        pull(f"{proxy.host}/{image.repository}:1", store=store, client=client, progress=events)
+    assert applied == ["streamed"]
+    assert "unpacking" in events.phases(layer.digest)
+    assert store.images() == {}
+    assert list(store.layers.iterdir()) == []
+    partial = store.ingest_dir / f"{layer.digest.removeprefix('sha256:')}.partial"
+    assert 990_000 < partial.stat().st_size < 1_000_000  # kept to resume
+
+
+@pytest.mark.parametrize("rewrite", ["range-ignored", "bad-resumed-partial"])
+def test_a_partial_rewritten_from_the_start_is_unpacked_again_from_the_verified_blob(
+    plain: Plain, store: Store, tmp_path: Path, applied: list[str], rewrite: str
+) -> None:
+    payload = os.urandom(3_000_000)
+    repository = f"test/rewritten-{rewrite}"
+    image = unique_image(tmp_path, PushTarget(plain.host), repository, payload)
+    layer = image.layers[0]
+    path = f"/blobs/{layer.digest}"
+    if rewrite == "range-ignored":
+        # Cut after 1 MB; the resuming request loses its Range header: a 200 from byte 0.
+        proxy = ThrottlingProxy(
+            plain.host, throttle_path=path, rate=3_000_000, strip_range=True, cut_path=path,
+            cut_after=1_000_000, cuts=1,
+        )  # fmt: skip
+    else:
+        # A partial from an earlier run whose kept prefix is damaged (a power cut): streamed
+        # from byte 0, resumed with Range, fails verification, is fetched again from 0.
+        proxy = ThrottlingProxy(plain.host, throttle_path=path, rate=3_000_000)
+        prefix = bytearray(layer.blob[:1_000_000])
+        prefix[500_000] ^= 0xFF
+        partial = store.ingest_dir / f"{layer.digest.removeprefix('sha256:')}.partial"
+        partial.write_bytes(bytes(prefix))
+    events = Events()
+    with proxy, client_for() as client:
+        record = pull(f"{proxy.host}/{repository}:1", store=store, client=client, progress=events)
+    asks = blob_requests(proxy, layer.digest)
+    assert len(asks) == 2
+    if rewrite == "range-ignored":
+        assert range_of(asks[0]) is None
+        assert str(range_of(asks[1])).startswith("bytes=")  # asked, but got the whole blob
+    else:
+        assert range_of(asks[0]) == "bytes=1000000-"
+        assert range_of(asks[1]) is None
+    # The streamed unpack was discarded; the layer was unpacked again from the stored blob.
+    assert applied == ["streamed", "file"]
+    phases = events.phases(layer.digest)
+    assert phases.index("unpacking") < phases.index("downloaded") < phases.index("unpacked")
+    root = store.layer_path(record.layers[0].chain_id)
+    assert (root / "data/payload.bin").read_bytes() == payload
+    assert [p.name for p in store.layers.iterdir() if p.name.startswith(".staging-")] == []
+    assert_complete(store, image, f"{proxy.host}/{repository}:1")
+    assert store.verify().ok

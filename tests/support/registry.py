@@ -5,6 +5,8 @@
   or token auth (:class:`TokenServer`, which signs RS256 JWTs the registry trusts), waits until
   ``/v2/`` answers and stops it by PID.
 * :class:`CuttingProxy` forwards TCP to a registry and cuts a blob response after N bytes.
+* :class:`ThrottlingProxy` is a CuttingProxy that also forwards chosen responses at a fixed rate
+  (a slow link) and can drop their ``Range`` header (a server that ignores ranges).
 * :class:`RedirectingFront` is a Basic-auth front for a registry that redirects blob requests to
   another host (127.0.0.2) and records what that host was sent.
 
@@ -559,6 +561,122 @@ class CuttingProxy:
             client.close()
             if upstream is not None:
                 upstream.close()
+
+
+class ThrottlingProxy(CuttingProxy):
+    """A :class:`CuttingProxy` (no cuts unless asked) that slows some responses down.
+
+    The response to a request whose request line contains ``throttle_path`` is forwarded at
+    ``rate`` bytes per second, paced in small slices from the start of the response (a slow
+    link). With ``strip_range``, such requests lose their ``Range`` header, so the registry
+    answers 200 with the whole blob. Cutting works as in CuttingProxy (``cut_path`` etc.).
+    ``throttled`` counts the bytes of throttled responses sent to clients.
+    """
+
+    SLICE = 16 * 1024
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        throttle_path: str,
+        rate: float,
+        strip_range: bool = False,
+        cut_path: str = "\0never",
+        cut_after: int = 0,
+        cuts: int = 0,
+        die: bool = False,
+    ) -> None:
+        super().__init__(upstream, cut_path=cut_path, cut_after=cut_after, cuts=cuts, die=die)
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.throttle_path = throttle_path
+        self.rate = rate
+        self.strip_range = strip_range
+        self.throttled = 0
+
+    def __enter__(self) -> ThrottlingProxy:
+        super().__enter__()
+        return self
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        response = _Response()
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=10)
+            while not self._stopping.is_set():
+                readable, _, _ = select.select([client, upstream], [], [], 0.2)
+                if client in readable:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    upstream.sendall(self._on_request(data, response))
+                if upstream in readable:
+                    data = upstream.recv(65536)
+                    if not data or not self._forward(client, data, response):
+                        return
+        except OSError:
+            return
+        finally:
+            client.close()
+            if upstream is not None:
+                upstream.close()
+
+    def _on_request(self, data: bytes, response: _Response) -> bytes:
+        """Record a request head, set up how its response is forwarded; what to send on."""
+        head = data.decode("latin-1")
+        line = head.split("\r\n")[0]
+        if not head.startswith(("GET ", "HEAD ")):
+            return data
+        response.throttled = self.throttle_path in line
+        response.started, response.sent = time.monotonic(), 0
+        with self._lock:
+            self.requests.append(head.split("\r\n\r\n")[0])
+            response.cut = self.cut_path in line and self.cuts > 0
+        if response.throttled and self.strip_range:
+            return _without_range(head).encode("latin-1")
+        return data
+
+    def _forward(self, client: socket.socket, data: bytes, response: _Response) -> bool:
+        """Send a piece of a response on, paced if throttled; False once it was cut."""
+        cut = response.cut and response.sent + len(data) >= self.cut_after
+        if cut:
+            data = data[: self.cut_after - response.sent]
+        step = self.SLICE if response.throttled else max(len(data), 1)
+        for start in range(0, len(data), step):
+            piece = data[start : start + step]
+            response.sent += len(piece)
+            if response.throttled:
+                delay = response.started + response.sent / self.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            client.sendall(piece)
+            with self._lock:
+                self.forwarded += len(piece)
+                if response.throttled:
+                    self.throttled += len(piece)
+        if cut:
+            with self._lock:
+                self.cuts -= 1
+                self.dead = self.die
+            client.shutdown(socket.SHUT_RDWR)
+            return False
+        return True
+
+
+@dataclass
+class _Response:
+    """How ThrottlingProxy forwards the response to the last request on a connection."""
+
+    throttled: bool = False
+    cut: bool = False
+    started: float = 0.0
+    sent: int = 0
+
+
+def _without_range(head: str) -> str:
+    lines = head.split("\r\n")
+    return "\r\n".join(line for line in lines if not line.lower().startswith("range:"))
 
 
 # --- a registry front that redirects blobs to another host ----------------------------------------
