@@ -23,6 +23,7 @@ from quayd.images.model import ImageRecord, Platform
 from quayd.images.pull import PullProgress, pull, repair
 from quayd.images.registry import RegistryClient
 from quayd.images.store import Store
+from quayd.images.unpack import UnpackLimits
 from quayd.units.directory import ConfigDirError, LoadedUnit, UnitFiles, discover, load_files
 from quayd.units.findings import QuayConfigError
 from quayd.units.loader import parse_layers, read_source
@@ -32,6 +33,13 @@ from quayd.units.settings import Settings
 
 def _store(settings: Settings) -> Store:
     return Store.for_settings(settings)
+
+
+def _limits(settings: Settings) -> UnpackLimits:
+    return UnpackLimits(
+        max_uncompressed_bytes=settings.images.max_layer_size,
+        max_entries=settings.images.max_layer_entries,
+    )
 
 
 def _error(message: str) -> int:
@@ -60,6 +68,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 progress=display,
                 max_concurrent=settings.images.max_concurrent_downloads,
                 min_free_bytes=settings.images.min_free_disk,
+                limits=_limits(settings),
             )
     except ImageError as error:
         if display:
@@ -119,7 +128,11 @@ def cmd_load(args: argparse.Namespace) -> int:
     try:
         platform = Platform.parse(args.platform) if args.platform else None
         records = load_archive(
-            args.path, store=_store(settings), reference=args.reference, platform=platform
+            args.path,
+            store=_store(settings),
+            reference=args.reference,
+            platform=platform,
+            limits=_limits(settings),
         )
     except (ValueError, ImageError) as error:
         return _error(f"loading {args.path}: {error}")
@@ -248,7 +261,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print("run `quayctl image verify --repair` to re-fetch what is missing", file=sys.stderr)
         return EXIT_INVALID
     with RegistryClient(settings.registries) as client:
-        result = repair(store, client, report=report)
+        result = repair(store, client, report=report, limits=_limits(settings))
     _list("repaired", result.repaired)
     for reference, why in result.failed.items():
         print(f"could not repair {reference}: {why}", file=sys.stderr)

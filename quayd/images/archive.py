@@ -46,6 +46,7 @@ from quayd.images.model import (
 )
 from quayd.images.pull import unpack_layer
 from quayd.images.store import Store
+from quayd.images.unpack import DEFAULT_LIMITS, UnpackLimits
 from quayd.units.reference import ImageReferenceError, parse_reference
 
 _CHUNK = 1024 * 1024
@@ -80,6 +81,7 @@ def load_archive(
     store: Store,
     reference: str | None = None,
     platform: Platform | None = None,
+    limits: UnpackLimits = DEFAULT_LIMITS,
 ) -> list[ImageRecord]:
     """Store every image of the archive at ``path``; ``reference`` names an image that has none."""
     wanted = (platform or Platform.host()).normalized()
@@ -96,7 +98,11 @@ def load_archive(
             for candidate in candidates:
                 resolved = _resolve(opener, candidate, wanted)
                 for name in _references(candidate, reference, path):
-                    records.append(_store(opener, candidate, store, name=name, resolved=resolved))
+                    records.append(
+                        _store(
+                            opener, candidate, store, name=name, resolved=resolved, limits=limits
+                        )
+                    )
         return records
 
 
@@ -254,6 +260,7 @@ def _store(
     *,
     name: str,
     resolved: tuple[Manifest, bytes, str],
+    limits: UnpackLimits,
 ) -> ImageRecord:
     manifest, manifest_raw, manifest_digest = resolved
     config_raw = _read(opener, candidate.member(manifest.config.digest), MAX_CONFIG_SIZE)
@@ -274,7 +281,7 @@ def _store(
     store.put_blob(config_raw, manifest.config.digest)
     for index, layer in enumerate(layers):
         if not store.has_layer(layer.chain_id):
-            unpack_layer(store, layers, index, image=name)
+            unpack_layer(store, layers, index, image=name, limits=limits)
     record = ImageRecord(
         reference=name,
         manifest_digest=manifest_digest,

@@ -55,7 +55,7 @@ from quayd.images.model import (
 )
 from quayd.images.registry import InterruptedTransferError, RegistryClient, RetryPolicy
 from quayd.images.store import DEFAULT_MIN_FREE_BYTES, LAYER_ROOT, Ingest, Store, VerifyReport
-from quayd.images.unpack import UnpackResult, apply_layer
+from quayd.images.unpack import DEFAULT_LIMITS, UnpackLimits, UnpackResult, apply_layer
 from quayd.units.reference import ImageReference, parse_reference
 
 MAX_INDEX_DEPTH = 3
@@ -105,6 +105,7 @@ def pull(
     progress: ProgressCallback | None = None,
     min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     resume: RetryPolicy = DEFAULT_RESUME,
+    limits: UnpackLimits = DEFAULT_LIMITS,
 ) -> ImageRecord:
     """Pull ``reference`` (normalised as Docker does) for ``platform`` (default: this host).
 
@@ -116,7 +117,7 @@ def pull(
     image = parse_reference(reference)
     wanted = (platform or Platform.host()).normalized()
     name = str(image)
-    job = _Job(store, client, image, _Reporter(name, progress), resume, max_concurrent)
+    job = _Job(store, client, image, _Reporter(name, progress), resume, max_concurrent, limits)
     store.check_free_space(0, floor=min_free_bytes, what=f"pulling {name}")
     with store.pull_guard():
         manifest, manifest_raw, manifest_digest, from_index = _resolve(client, image, wanted)
@@ -168,6 +169,7 @@ def repair(
     max_concurrent: int = 3,
     progress: ProgressCallback | None = None,
     resume: RetryPolicy = DEFAULT_RESUME,
+    limits: UnpackLimits = DEFAULT_LIMITS,
 ) -> RepairReport:
     """Re-fetch the blobs and re-unpack the layers that damaged images lack.
 
@@ -182,7 +184,8 @@ def repair(
         if record is None:
             continue
         image = parse_reference(record.reference)
-        job = _Job(store, client, image, _Reporter(reference, progress), resume, max_concurrent)
+        reporter = _Reporter(reference, progress)
+        job = _Job(store, client, image, reporter, resume, max_concurrent, limits)
         try:
             with store.pull_guard():
                 job.restore(record)
@@ -260,6 +263,7 @@ class _Job:
     report: _Reporter
     resume: RetryPolicy
     max_concurrent: int
+    limits: UnpackLimits
     abort: threading.Event = field(default_factory=threading.Event)
 
     def small_blob(self, descriptor: Descriptor, cap: int) -> bytes:
@@ -442,7 +446,7 @@ class _Job:
             if self.store.has_layer(layer.chain_id):
                 return
             self.report(self._event(layer, "unpacking", 0))
-            unpack_layer(self.store, layers, index, image=str(self.image))
+            unpack_layer(self.store, layers, index, image=str(self.image), limits=self.limits)
         self.report(self._event(layer, "unpacked", layer.size))
 
     def unpack_streamed(
@@ -477,7 +481,9 @@ class _Job:
             self.store.discard_staging(staging)
             with self.store.layer_lock(layer.chain_id):
                 if not self.store.has_layer(layer.chain_id):
-                    unpack_layer(self.store, layers, index, image=str(self.image))
+                    unpack_layer(
+                        self.store, layers, index, image=str(self.image), limits=self.limits
+                    )
         self.report(self._event(layer, "unpacked", layer.size))
 
     def _apply_streamed(
@@ -495,7 +501,9 @@ class _Job:
         reader = _FeedReader(feed, download)
         result = None
         try:
-            result = apply_layer(cast(BinaryIO, reader), staging / LAYER_ROOT, parents=parents)
+            result = apply_layer(
+                cast(BinaryIO, reader), staging / LAYER_ROOT, parents=parents, limits=self.limits
+            )
         except _StreamBrokenError:
             pass  # the download failed (raised below), or what was read is not final
         except UnpackError:
@@ -511,18 +519,25 @@ class _Job:
         return PullProgress(self.report.name, "layer", layer.digest, phase, done, layer.size)
 
 
-def unpack_layer(store: Store, layers: Sequence[LayerRecord], index: int, *, image: str) -> Path:
+def unpack_layer(
+    store: Store,
+    layers: Sequence[LayerRecord],
+    index: int,
+    *,
+    image: str,
+    limits: UnpackLimits = DEFAULT_LIMITS,
+) -> Path:
     """Apply stored blob ``layers[index]`` on its parents (``layers[:index]``, already
     unpacked) into a staging dir; check its diff_id; move it into place. Returns its root.
 
-    ``image`` names the image in error messages.
+    ``image`` names the image in error messages; ``limits`` caps what one layer may hold.
     """
     layer = layers[index]
     parents = [store.layer_path(below.chain_id) for below in reversed(layers[:index])]
     staging = store.stage_layer()
     try:
         with store.blob_path(layer.digest).open("rb") as stream:
-            result = apply_layer(stream, staging / LAYER_ROOT, parents=parents)
+            result = apply_layer(stream, staging / LAYER_ROOT, parents=parents, limits=limits)
         _check_diff_id(layer, result.diff_id, image=image)
         return store.commit_layer(staging, layer.chain_id, _layer_info(layer, result))
     except BaseException:

@@ -133,6 +133,9 @@ class UnpackLimits:
     """Cap on the PAX / GNU long-name headers in front of one entry (Go's archive/tar: 1 MiB)."""
 
 
+DEFAULT_LIMITS = UnpackLimits()
+
+
 @dataclass(frozen=True)
 class UnpackResult:
     diff_id: str

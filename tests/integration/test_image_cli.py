@@ -323,3 +323,14 @@ def test_an_updated_tag_keeps_the_previous_image_for_rollback(
     quayctl("image", "rm", reference)
     assert store.previous(reference) is None
     assert not any(store.blobs.iterdir())
+
+
+def test_layer_caps_from_the_settings_are_enforced(
+    quayctl: Quayctl, pushed: dict[str, str]
+) -> None:
+    quayctl.settings.write_text('[images]\nmax_layer_size = "64K"\n')
+    result = quayctl("image", "pull", pushed["busybox"], check=False)
+    assert result.returncode == 1
+    assert "the limit on a layer's uncompressed size" in result.stderr
+    assert quayctl.store.images() == {}
+    assert not any(quayctl.store.layers.glob("[!.]*"))  # nothing half-unpacked left behind
