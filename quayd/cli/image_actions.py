@@ -14,15 +14,15 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from quayd.cli.common import EXIT_INVALID, EXIT_OK, print_json, settings_from
 from quayd.images.archive import load_archive
 from quayd.images.errors import ImageError
-from quayd.images.model import ImageRecord, Platform
+from quayd.images.model import Platform
 from quayd.images.pull import PullProgress, pull, repair
 from quayd.images.registry import RegistryClient
-from quayd.images.store import Store
+from quayd.images.store import Store, record_to_json
 from quayd.images.unpack import UnpackLimits
 from quayd.units.directory import ConfigDirError, LoadedUnit, UnitFiles, discover, load_files
 from quayd.units.findings import QuayConfigError
@@ -147,7 +147,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     images = _store(settings_from(args)).images()
     if args.json:
-        print_json([_record_json(record) for record in images.values()])
+        print_json([record_to_json(record) for record in images.values()])
         return EXIT_OK
     rows = [("REFERENCE", "DIGEST", "PLATFORM", "SIZE", "STORED")]
     for record in sorted(images.values(), key=lambda r: r.reference):
@@ -167,20 +167,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
     return EXIT_OK
-
-
-def _record_json(record: ImageRecord) -> dict[str, Any]:
-    return {
-        "reference": record.reference,
-        "manifest_digest": record.manifest_digest,
-        "config_digest": record.config_digest,
-        "platform": str(record.platform),
-        "created": record.created,
-        "layers": [
-            {"digest": layer.digest, "size": layer.size, "diff_id": layer.diff_id}
-            for layer in record.layers
-        ],
-    }
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

@@ -210,8 +210,8 @@ class Store:
         images, previous = index.images, index.previous
         document = {
             "version": _FORMAT_VERSION,
-            "images": {ref: _record_to(images[ref]) for ref in sorted(images)},
-            "previous": {ref: _record_to(previous[ref]) for ref in sorted(previous)},
+            "images": {ref: record_to_json(images[ref]) for ref in sorted(images)},
+            "previous": {ref: record_to_json(previous[ref]) for ref in sorted(previous)},
         }
         data = json.dumps(document, indent=1).encode() + b"\n"
         _atomic_write(self.index, data)
@@ -678,7 +678,8 @@ def _blob_digests(record: ImageRecord) -> list[str]:
     return [record.manifest_digest, record.config_digest, *(x.digest for x in record.layers)]
 
 
-def _record_to(record: ImageRecord) -> dict[str, Any]:
+def record_to_json(record: ImageRecord) -> dict[str, Any]:
+    """An image record as plain JSON (images.json, ``quayctl image ls --json``)."""
     return {
         "reference": record.reference,
         "manifest_digest": record.manifest_digest,
@@ -725,5 +726,6 @@ __all__ = [
     "PruneReport",
     "Store",
     "VerifyReport",
+    "record_to_json",
     "syncfs",
 ]

@@ -8,6 +8,7 @@ models, the same findings with file, key and line.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -33,26 +34,27 @@ def _interface_name(value: str) -> str:
     return value
 
 
-def _ipv4_subnet(value: str) -> str:
-    accepted = 'an IPv4 subnet in CIDR form with room for containers, such as "10.89.0.0/24"'
-    try:
-        network = ipaddress.IPv4Network(value, strict=True)
-    except ValueError as error:
-        raise syntax_error(f"not an IPv4 subnet ({error})", accepted) from None
-    if network.prefixlen > 30:
-        raise syntax_error("the subnet is too small for a gateway and a container", accepted)
-    return str(network)
+def _subnet(
+    kind: type[ipaddress.IPv4Network | ipaddress.IPv6Network], longest_prefix: int, example: str
+) -> Callable[[str], str]:
+    """A validator for subnets that leave room for a gateway and containers."""
+    version = "IPv4" if kind is ipaddress.IPv4Network else "IPv6"
+    accepted = f'an {version} subnet in CIDR form with room for containers, such as "{example}"'
+
+    def validate(value: str) -> str:
+        try:
+            network = kind(value, strict=True)
+        except ValueError as error:
+            raise syntax_error(f"not an {version} subnet ({error})", accepted) from None
+        if network.prefixlen > longest_prefix:
+            raise syntax_error("the subnet is too small for a gateway and a container", accepted)
+        return str(network)
+
+    return validate
 
 
-def _ipv6_subnet(value: str) -> str:
-    accepted = 'an IPv6 subnet in CIDR form, such as "fd89::/64"'
-    try:
-        network = ipaddress.IPv6Network(value, strict=True)
-    except ValueError as error:
-        raise syntax_error(f"not an IPv6 subnet ({error})", accepted) from None
-    if network.prefixlen > 120:
-        raise syntax_error("the subnet is too small", accepted)
-    return str(network)
+_ipv4_subnet = _subnet(ipaddress.IPv4Network, 30, "10.89.0.0/24")
+_ipv6_subnet = _subnet(ipaddress.IPv6Network, 120, "fd89::/64")
 
 
 def _registry_host(value: str) -> str:
