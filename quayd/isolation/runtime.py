@@ -68,7 +68,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from quayd.isolation.errors import IsolationError
 
@@ -192,22 +192,14 @@ class OciRuntime:
             "--log", str(log), "--log-format", "json",
             "create", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id,
         ]  # fmt: skip
-        try:
-            done = subprocess.run(
-                argv,
-                stdin=stdio.stdin if stdio.stdin is not None else subprocess.DEVNULL,
-                stdout=stdio.stdout,
-                stderr=stdio.stderr,
-                env=_runtime_env(),
-                timeout=CREATE_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as error:
-            raise RuntimeCommandError(
-                f"{self.name} create {container_id}: no answer in {CREATE_TIMEOUT:.0f} s"
-            ) from error
-        except OSError as error:
-            raise RuntimeCommandError(f"cannot run {self.binary}: {error}") from error
+        done = self._invoke(
+            argv,
+            what=f"create {container_id}",
+            timeout=CREATE_TIMEOUT,
+            stdin=stdio.stdin if stdio.stdin is not None else subprocess.DEVNULL,
+            stdout=stdio.stdout,
+            stderr=stdio.stderr,
+        )
         if done.returncode != 0:
             raise RuntimeCommandError(
                 f"{self.name} create {container_id} failed: {_read_json_log(log)}",
@@ -322,23 +314,14 @@ class OciRuntime:
     ) -> subprocess.CompletedProcess[str]:
         """``RUNTIME [global options] COMMAND [options] ID [after]``, stderr captured."""
         args = [*options, container_id, *after]
-        argv = [*self._global(), command, *args]
-        try:
-            done = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                env=_runtime_env(),
-                timeout=COMMAND_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as error:
-            raise RuntimeCommandError(
-                f"{self.name} {command} {' '.join(args)}: no answer in {COMMAND_TIMEOUT:.0f} s"
-            ) from error
-        except OSError as error:
-            raise RuntimeCommandError(f"cannot run {self.binary}: {error}") from error
+        done = self._invoke(
+            [*self._global(), command, *args],
+            what=f"{command} {' '.join(args)}",
+            timeout=COMMAND_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             message = _clean_stderr(done.stderr)
             # Both runtimes keep a directory per container in their root; its absence is the
@@ -353,6 +336,19 @@ class OciRuntime:
                 returncode=done.returncode,
             )
         return done
+
+    def _invoke(
+        self, argv: list[str], *, what: str, timeout: float, **options: Any
+    ) -> subprocess.CompletedProcess[Any]:
+        """Run the runtime binary; a hang or a missing binary becomes a RuntimeCommandError."""
+        try:
+            return subprocess.run(argv, env=_runtime_env(), timeout=timeout, check=False, **options)
+        except subprocess.TimeoutExpired as error:
+            raise RuntimeCommandError(
+                f"{self.name} {what}: no answer in {timeout:.0f} s"
+            ) from error
+        except OSError as error:
+            raise RuntimeCommandError(f"cannot run {self.binary}: {error}") from error
 
 
 def crun(*, run_dir: Path = DEFAULT_RUN_DIR, systemd_cgroup: bool = True) -> OciRuntime:

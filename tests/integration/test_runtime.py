@@ -41,30 +41,20 @@ from quayd.isolation.runtime import (
     journald_stream,
     open_log_file,
 )
-from tests.support.systemd_host import SystemdHost, systemd_host, unavailable_reason
+from tests.support.systemd_host import (
+    BUSYBOX,
+    CONTAINER_TEST_MARKS,
+    RUNTIMES,
+    SystemdHost,
+    systemd_host,
+)
 
-BUSYBOX = Path("/bin/busybox")
 RUN_DIR = Path("/run/quay")  # inside the host: its private /run
 MEMORY_MAX = 96 * 1024 * 1024
 TASKS_MAX = 64
 
 
-def _skip_reason() -> str | None:
-    reason = unavailable_reason()
-    if reason is None and not BUSYBOX.is_file():
-        reason = f"{BUSYBOX} is missing (apt-get install busybox-static)"
-    return reason
-
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or ""),
-]
-
-RUNTIMES = [
-    pytest.param(name, marks=pytest.mark.skipif(shutil.which(name) is None, reason=f"no {name}"))
-    for name in ("crun", "runc")
-]
+pytestmark = CONTAINER_TEST_MARKS
 
 
 # --- the test's own spec builder (quayd.isolation.spec replaces it) ------------------------------

@@ -15,7 +15,6 @@ import os
 import resource
 import shutil
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -36,9 +35,14 @@ from quayd.isolation.spec import (
 )
 from quayd.isolation.users import resolve_user
 from quayd.units.model import Unit
-from tests.support.systemd_host import SystemdHost, systemd_host, unavailable_reason
+from tests.support.systemd_host import (
+    BUSYBOX,
+    CONTAINER_TEST_MARKS,
+    RUNTIMES,
+    SystemdHost,
+    systemd_host,
+)
 
-BUSYBOX = Path("/bin/busybox")
 Driver = Literal["cgroupfs", "systemd"]
 
 # Linux capability numbers (include/uapi/linux/capability.h), for the masks in /proc/1/status.
@@ -61,22 +65,7 @@ CAP_NUMBERS = {
 }  # fmt: skip
 
 
-def _skip_reason() -> str | None:
-    reason = unavailable_reason()
-    if reason is None and not BUSYBOX.is_file():
-        reason = f"{BUSYBOX} is missing (apt-get install busybox-static)"
-    return reason
-
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or ""),
-]
-
-RUNTIMES = [
-    pytest.param(name, marks=pytest.mark.skipif(shutil.which(name) is None, reason=f"no {name}"))
-    for name in ("crun", "runc")
-]
+pytestmark = CONTAINER_TEST_MARKS
 
 # What the container reports, one KEY=VALUE per line. Busybox's shell runs its applets without
 # links, so the root holds only /bin/busybox and /bin/sh.

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 SYSTEMD = Path("/lib/systemd/systemd")
 REPO = Path(__file__).resolve().parents[2]
 STATE_PARENT = Path("/var/lib")
@@ -411,3 +413,32 @@ def _teardown(
         shutil.rmtree(state_dir, ignore_errors=True)
     if problems:
         raise AssertionError("the systemd host left things behind:\n" + "\n".join(problems))
+
+
+# --- what tests that run containers in the host need ---------------------------------------------
+
+BUSYBOX = Path("/bin/busybox")
+"""Debian's busybox-static: the one binary test root filesystems are made of."""
+
+
+def container_tests_unavailable() -> str | None:
+    """Why containers cannot be run in a test host here, or None."""
+    reason = unavailable_reason()
+    if reason is None and not BUSYBOX.is_file():
+        reason = f"{BUSYBOX} is missing (apt-get install busybox-static)"
+    return reason
+
+
+CONTAINER_TEST_MARKS = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        container_tests_unavailable() is not None, reason=container_tests_unavailable() or ""
+    ),
+]
+"""``pytestmark`` for a module whose tests run containers in the systemd test host."""
+
+RUNTIMES = [
+    pytest.param(name, marks=pytest.mark.skipif(shutil.which(name) is None, reason=f"no {name}"))
+    for name in ("crun", "runc")
+]
+"""Parametrize a test over both OCI runtimes quay drives."""
