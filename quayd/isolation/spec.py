@@ -71,6 +71,10 @@ NOTIFY_SOCKET_NAME = "notify.sock"
 
 UNIT_ANNOTATION = "org.quay.unit"
 IMAGE_ANNOTATION = "org.quay.image"
+# crun and runc pass ``org.systemd.property.NAME`` annotations to systemd when they start the
+# container's scope (``--systemd-cgroup`` only). The value is GVariant text; numbers need their
+# type ("uint64 N"), as both runtimes would otherwise send an int32.
+SYSTEMD_PROPERTY = "org.systemd.property."
 
 # Mount targets a unit cannot use (the tree below each too, except below /dev): the runtime's own
 # mounts there make anything else meaningless, and runc refuses most mounts under /proc anyway,
@@ -172,7 +176,11 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         "root": {"path": str(inputs.rootfs), "readonly": container.read_only},
         "hostname": hostname,
         "mounts": _mounts(inputs),
-        "annotations": {UNIT_ANNOTATION: inputs.name, IMAGE_ANNOTATION: container.image},
+        "annotations": {
+            UNIT_ANNOTATION: inputs.name,
+            IMAGE_ANNOTATION: container.image,
+            **(systemd_properties(unit) if inputs.cgroup_driver == "systemd" else {}),
+        },
         "linux": _linux(inputs),
     }
 
@@ -241,6 +249,28 @@ def cpu_shares(weight: int) -> int:
     if not 1 <= weight <= 10000:
         raise SpecError(f"cpu_weight {weight} is outside 1 to 10000")
     return 2 + -((-(weight - 1) * 262142) // 9999)
+
+
+def systemd_properties(unit: Unit) -> dict[str, str]:
+    """The scope properties that make the unit's limits visible to ``systemctl show``.
+
+    As annotations crun and runc pass to systemd's StartTransientUnit: ``MemoryMax`` and
+    ``TasksMax`` in bytes and tasks, ``CPUQuotaPerSecUSec`` (CPU time per second of wall time:
+    ``cpus`` x 1 s; systemd shows it as ``CPUQuotaPerSecUSec=500ms``) and ``CPUWeight`` (1 to
+    10000, shown as is; on cgroup v1 systemd maps it to ``cpu.shares``). The runtimes still write
+    ``linux.resources`` into the cgroup files themselves.
+    """
+    limits = unit.resources
+    properties: dict[str, str] = {}
+    if limits.memory is not None:
+        properties["MemoryMax"] = f"uint64 {limits.memory}"
+    if limits.pids is not None:
+        properties["TasksMax"] = f"uint64 {limits.pids}"
+    if limits.cpus is not None:
+        properties["CPUQuotaPerSecUSec"] = f"uint64 {round(limits.cpus * 1_000_000)}"
+    if limits.cpu_weight is not None:
+        properties["CPUWeight"] = f"uint64 {limits.cpu_weight}"
+    return {SYSTEMD_PROPERTY + key: value for key, value in properties.items()}
 
 
 def cgroups_path(name: str, driver: Literal["systemd", "cgroupfs"]) -> str:

@@ -24,6 +24,7 @@ from quayd.isolation.spec import (
     cpu_shares,
     process_args,
     stop_signal,
+    systemd_properties,
     user_spec,
     volumes_for,
 )
@@ -482,6 +483,43 @@ def test_resources(table: dict[str, Any], expected: dict[str, Any]) -> None:
     resources = spec_of(make_unit(resources=table))["linux"]["resources"]
     assert resources.pop("devices") == [{"allow": False, "access": "rwm"}]
     assert resources == expected
+
+
+def test_systemd_scope_properties_carry_the_limits() -> None:
+    unit = make_unit(resources={"memory": "64M", "cpus": 0.5, "cpu_weight": 200, "pids": 64})
+    annotations = spec_of(unit)["annotations"]
+    assert annotations == {
+        "org.quay.unit": "web",
+        "org.quay.image": "busybox",
+        "org.systemd.property.MemoryMax": f"uint64 {64 << 20}",
+        "org.systemd.property.TasksMax": "uint64 64",
+        "org.systemd.property.CPUQuotaPerSecUSec": "uint64 500000",
+        "org.systemd.property.CPUWeight": "uint64 200",
+    }
+    assert systemd_properties(unit) == {
+        key: value for key, value in annotations.items() if key.startswith("org.systemd.")
+    }
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ({}, {}),
+        ({"cpus": 2}, {"org.systemd.property.CPUQuotaPerSecUSec": "uint64 2000000"}),
+        ({"cpus": 0.01}, {"org.systemd.property.CPUQuotaPerSecUSec": "uint64 10000"}),
+        ({"memory": "1G"}, {"org.systemd.property.MemoryMax": f"uint64 {1 << 30}"}),
+    ],
+)
+def test_systemd_scope_properties_only_for_set_limits(
+    table: dict[str, Any], expected: dict[str, str]
+) -> None:
+    assert systemd_properties(make_unit(resources=table)) == expected
+
+
+def test_no_systemd_properties_under_cgroupfs() -> None:
+    unit = make_unit(resources={"memory": "64M", "cpus": 0.5, "cpu_weight": 200, "pids": 64})
+    annotations = spec_of(unit, cgroup_driver="cgroupfs")["annotations"]
+    assert annotations == {"org.quay.unit": "web", "org.quay.image": "busybox"}
 
 
 def test_memory_without_swap_accounting() -> None:
