@@ -1,0 +1,511 @@
+"""One container, end to end: root filesystem, bundle, runtime, stop policy, OOM kills, removal.
+
+The small high-level API the reconciler drives, over :mod:`spec`, :mod:`rootfs` and
+:mod:`runtime`:
+
+* :func:`prepare` mounts the overlay root, resolves the user in it, builds ``config.json`` and
+  writes it atomically; it gives a :class:`Bundle`.
+* :func:`start` creates and starts the container (stdout and stderr to ``logs``): a
+  :class:`Started` with the init's pid.
+* :func:`stop` sends the stop signal, waits up to the timeout through the pidfd
+  :class:`ExitWatcher` (no polling), sends SIGKILL, waits again, reads the OOM-kill count while the
+  cgroup still exists, deletes the runtime's state and unmounts the root: a :class:`StopResult`.
+  :func:`wait_exit` is the same for a container that ends on its own.
+* :func:`remove` deletes whatever the runtime still has, unmounts and removes the container
+  directory. Volumes live elsewhere (``volumes_dir``) and stay.
+
+Exit status: known only to the init's parent, i.e. when this process became a subreaper
+(:func:`runtime.become_subreaper`) before :func:`start`; otherwise ``code`` and ``signal`` are None
+("unknown").
+
+OOM kills: the kernel counts them per memory cgroup (v1 ``memory.oom_control``, v2
+``memory.events``, line ``oom_kill N``). The count lives only as long as the cgroup does — under
+the systemd driver systemd removes the scope's cgroups as soon as the last process is gone, often
+before the exit is seen — so on cgroup v1 :func:`start` also registers an OOM eventfd
+(:class:`OomEvents`) between create and start, and the waits take its events in as they come.
+With neither the count nor the events, ``oom`` is None (unknown), never a guess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from quayd.isolation.errors import IsolationError
+from quayd.isolation.rootfs import ROOTFS, mount_rootfs, mounts_below, unmount_rootfs
+from quayd.isolation.runtime import (
+    ContainerNotFoundError,
+    Exit,
+    ExitWatcher,
+    Runtime,
+    RuntimeCommandError,
+    Stdio,
+)
+from quayd.isolation.spec import (
+    EtcFiles,
+    ImageDefaults,
+    SpecInputs,
+    build_spec,
+    stop_signal,
+    user_spec,
+    volumes_for,
+)
+from quayd.isolation.users import resolve_user
+from quayd.units.model import Unit
+
+CONFIG = "config.json"
+PID_FILE = "init.pid"
+KILL_TIMEOUT = 10.0
+"""How long to wait for the init after SIGKILL before giving up (it cannot normally take long)."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_NO_WAIT = 1e-6
+
+Driver = Literal["systemd", "cgroupfs"]
+
+
+class ContainerError(IsolationError):
+    """A container cannot be prepared, started, stopped or removed; the message says why."""
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """What :func:`prepare` needs besides the name and the layers (see :class:`SpecInputs`)."""
+
+    unit: Unit
+    image: ImageDefaults
+    etc_files: EtcFiles
+    volumes_dir: Path
+    cgroup_driver: Driver
+    netns: str | None = None
+    env_files: Mapping[str, str] | None = None
+    notify_socket_dir: Path | None = None
+    seccomp: dict[str, Any] | None = None
+    nofile_ceiling: int | None = None
+    swap_limit: bool = True
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A prepared container: its directory holds ``config.json`` and the mounted ``rootfs``."""
+
+    name: str
+    directory: Path
+    stop_signal: str
+    """Canonical name (``"SIGTERM"``): the unit's, else the image's, else SIGTERM."""
+    stop_timeout: float
+    """Seconds between the stop signal and SIGKILL."""
+    cgroup_driver: Driver
+
+    @property
+    def rootfs(self) -> Path:
+        return self.directory / ROOTFS
+
+    @property
+    def config(self) -> Path:
+        return self.directory / CONFIG
+
+
+@dataclass(frozen=True)
+class Started:
+    pid: int
+    """The container's init, as this (the host's) pid namespace sees it."""
+    id: str
+    oom_events: OomEvents | None = field(default=None, compare=False, repr=False)
+    """Opened between create and start, so no OOM kill escapes it; pass it to :func:`stop` or
+    :func:`wait_exit`, close it after (None on cgroup v2)."""
+
+
+@dataclass(frozen=True)
+class StopResult:
+    code: int | None
+    """Exit status, or None when it was killed by a signal or the status is unknown."""
+    signal: str | None
+    """The signal that ended it (``"SIGKILL"``), or None."""
+    killed: bool
+    """True when :func:`stop` had to send SIGKILL after the timeout."""
+    oom: bool | None
+    """True when the kernel OOM-killed a process of the container; None: unknown."""
+
+    @property
+    def known(self) -> bool:
+        return self.code is not None or self.signal is not None
+
+
+# --- prepare and start ---------------------------------------------------------------------------
+
+
+def prepare(
+    name: str, layers: Sequence[Path], config: ContainerConfig, container_dir: Path
+) -> Bundle:
+    """Mount the root at ``container_dir/rootfs`` and write ``config.json`` next to it.
+
+    The user is resolved in the mounted root (its ``/etc/passwd``), volume directories are
+    created. On any error the root is unmounted again.
+    """
+    rootfs = mount_rootfs(layers, container_dir)
+    directory = rootfs.parent
+    try:
+        spec = build_spec(_spec_inputs(name, rootfs, config))
+        for volume in volumes_for(name, config.unit, config.image, config.volumes_dir):
+            volume.host_path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        write_atomically(directory / CONFIG, json.dumps(spec, indent=1).encode())
+    except BaseException:
+        unmount_rootfs(directory)
+        raise
+    return Bundle(
+        name=name,
+        directory=directory,
+        stop_signal=stop_signal(config.unit, config.image),
+        stop_timeout=config.unit.container.stop_timeout.total_seconds(),
+        cgroup_driver=config.cgroup_driver,
+    )
+
+
+def _spec_inputs(name: str, rootfs: Path, config: ContainerConfig) -> SpecInputs:
+    unit = config.unit
+    user = resolve_user(user_spec(unit, config.image), rootfs, image=unit.container.image)
+    return SpecInputs(
+        name=name,
+        unit=unit,
+        image=config.image,
+        rootfs=rootfs,
+        netns=config.netns,
+        user=user,
+        env_files=config.env_files or {},
+        etc_files=config.etc_files,
+        volumes_dir=config.volumes_dir,
+        notify_socket_dir=config.notify_socket_dir,
+        cgroup_driver=config.cgroup_driver,
+        seccomp=config.seccomp,
+        nofile_ceiling=config.nofile_ceiling,
+        swap_limit=config.swap_limit,
+    )
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` so that a reader sees the old or the new content, never a part."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def start(bundle: Bundle, runtime: Runtime, logs: int | Stdio) -> Started:
+    """Create and start the container; its stdout and stderr go to ``logs`` (caller closes)."""
+    stdio = logs if isinstance(logs, Stdio) else Stdio(stdout=logs, stderr=logs)
+    pid = runtime.create(
+        bundle.name, bundle.directory, pid_file=bundle.directory / PID_FILE, stdio=stdio
+    )
+    events = watch_oom(pid)
+    try:
+        runtime.start(bundle.name)
+    except BaseException:
+        if events is not None:
+            events.close()
+        with contextlib.suppress(RuntimeCommandError):
+            runtime.delete(bundle.name, force=True)
+        raise
+    return Started(pid=pid, id=bundle.name, oom_events=events)
+
+
+# --- stop and exit -------------------------------------------------------------------------------
+
+
+def stop(
+    container_id: str,
+    *,
+    signal_name: str,
+    timeout: float,
+    runtime: Runtime,
+    watcher: ExitWatcher,
+    pid: int | None = None,
+    oom_events: OomEvents | None = None,
+) -> StopResult:
+    """Stop signal, up to ``timeout`` s, SIGKILL, wait; then delete and unmount.
+
+    ``pid`` is the init (from :class:`Started`); without it the runtime's state gives it.
+    ``oom_events`` (from :func:`watch_oom` at start) sees OOM kills the cgroup's count could no
+    longer tell; without it one is opened now. A container that already ended is only deleted
+    and unmounted.
+    """
+    state = runtime.state(container_id)
+    if state is None:
+        raise ContainerError(f"container {container_id} does not exist ({runtime.name} knows none)")
+    pid = pid or state.pid
+    ended: Exit | None = None
+    killed = False
+    events = oom_events
+    try:
+        if pid is not None:
+            watcher.watch(pid)
+            events = events or watch_oom(pid)
+            _kill(runtime, container_id, signal_number(signal_name))
+            ended = _wait(pid, timeout, watcher, events)
+            if ended is None:
+                killed = True
+                _kill(runtime, container_id, signal.SIGKILL)
+                ended = _wait(pid, KILL_TIMEOUT, watcher, events)
+                if ended is None:
+                    raise ContainerError(
+                        f"container {container_id} (pid {pid}) did not end {KILL_TIMEOUT:.0f} s "
+                        "after SIGKILL; it may be stuck in the kernel (D state): see "
+                        f"/proc/{pid}/stack"
+                    )
+        return _finish(
+            container_id, ended, killed=killed, runtime=runtime, bundle=state.bundle, events=events
+        )
+    finally:
+        if events is not None and events is not oom_events:
+            events.close()
+
+
+def wait_exit(
+    started: Started,
+    *,
+    timeout: float | None,
+    runtime: Runtime,
+    watcher: ExitWatcher,
+    oom_events: OomEvents | None = None,
+) -> StopResult | None:
+    """Wait for a container to end on its own (None after ``timeout`` s); then as :func:`stop`.
+
+    OOM events come from ``oom_events``, else from ``started.oom_events``.
+    """
+    state = runtime.state(started.id)
+    bundle = state.bundle if state is not None else None
+    events = oom_events or started.oom_events
+    watcher.watch(started.pid)
+    ended = _wait(started.pid, float("inf") if timeout is None else timeout, watcher, events)
+    if ended is None:
+        return None
+    return _finish(started.id, ended, killed=False, runtime=runtime, bundle=bundle, events=events)
+
+
+def _wait(pid: int, timeout: float, watcher: ExitWatcher, events: OomEvents | None) -> Exit | None:
+    """``watcher.wait_for``, also taking in OOM events as they come (both by select, no polling)."""
+    if events is None:
+        return watcher.wait_for(pid, timeout)
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(watcher.fileno(), selectors.EVENT_READ)
+        selector.register(events.fileno(), selectors.EVENT_READ)
+        while True:
+            # A tiny timeout: wait_for collects what is ready; it never blocks here.
+            ended = watcher.wait_for(pid, _NO_WAIT)
+            if ended is not None:
+                return ended
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            for key, _ in selector.select(remaining):
+                if key.fd == events.fileno():
+                    events.take()
+
+
+def _finish(
+    container_id: str,
+    ended: Exit | None,
+    *,
+    killed: bool,
+    runtime: Runtime,
+    bundle: Path | None,
+    events: OomEvents | None,
+) -> StopResult:
+    """Read the OOM count while the cgroup exists, delete, unmount."""
+    count = oom_kills(container_id, _driver_of(runtime))
+    if events is not None:
+        events.take()
+    with contextlib.suppress(ContainerNotFoundError):
+        runtime.delete(container_id, force=True)
+    if bundle is not None and str(bundle):
+        unmount_rootfs(bundle)
+    name = None
+    if ended is not None and ended.signal is not None:
+        name = _signal_name(ended.signal)
+    oom: bool | None = None
+    if (events is not None and events.seen) or (count is not None and count > 0):
+        oom = True
+    elif count is not None or events is not None:
+        oom = False
+    return StopResult(
+        code=ended.code if ended is not None else None, signal=name, killed=killed, oom=oom
+    )
+
+
+def _driver_of(runtime: Runtime) -> Driver:
+    return "systemd" if getattr(runtime, "systemd_cgroup", True) else "cgroupfs"
+
+
+def _kill(runtime: Runtime, container_id: str, sig: int) -> None:
+    """Signal the init; one that has just ended is not an error (the watcher will say so)."""
+    try:
+        runtime.kill(container_id, sig)
+    except RuntimeCommandError:
+        state = runtime.state(container_id)
+        if state is not None and state.status == "running":
+            raise
+
+
+def signal_number(name: str) -> int:
+    """The number of a canonical signal name (``SIGTERM``, ``SIGRTMIN+3``)."""
+    if name.startswith("SIGRTMIN+"):
+        return signal.SIGRTMIN + int(name.removeprefix("SIGRTMIN+"))
+    if name.startswith("SIGRTMAX-"):
+        return signal.SIGRTMAX - int(name.removeprefix("SIGRTMAX-"))
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise ContainerError(f"{name!r} is not a signal name (expected e.g. SIGTERM)") from None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+# --- OOM kills -----------------------------------------------------------------------------------
+
+
+def oom_kills(name: str, driver: Driver, *, cgroup_root: Path = CGROUP_ROOT) -> int | None:
+    """How many processes the kernel OOM-killed in the container's cgroup; None when it is gone.
+
+    The cgroup is ``/quay.slice/quay-NAME.scope`` under both drivers (systemd names the scope
+    so). On cgroup v2 its ``memory.events`` counts the cgroups below it too. On v1 each memory
+    cgroup counts only its own kills (``memory.oom_control``), and crun under the systemd driver
+    puts the container in a ``container`` child of the scope, where it sets the limit: so the
+    counts of the scope and every cgroup below it are added up.
+    """
+    del driver  # the same path under both drivers; callers still say which one applies
+    scope = f"quay.slice/quay-{name}.scope"
+    memory = cgroup_root / "memory"
+    if not memory.is_dir():  # v2
+        return _oom_kill_field(cgroup_root / scope / "memory.events")
+    top = memory / scope
+    counts = [_oom_kill_field(top / "memory.oom_control")]
+    for directory, children, _ in os.walk(top):
+        counts += [_oom_kill_field(Path(directory, c, "memory.oom_control")) for c in children]
+    if counts[0] is None:
+        return None
+    return sum(count for count in counts if count is not None)
+
+
+def _oom_kill_field(path: Path) -> int | None:
+    try:
+        text = path.read_text()
+    except OSError:  # gone (ENOENT), or removed while reading (ENODEV)
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill":
+            return int(value)
+    return None
+
+
+class OomEvents:
+    """Readable when the kernel OOM-kills in the container's memory cgroup: no polling.
+
+    cgroup v1 only: an eventfd registered on the ``memory.oom_control`` of the memory cgroup the
+    init is in (from ``/proc/PID/cgroup``, so crun's ``container`` child too), as containerd does.
+    The kernel signals it at the OOM, while the cgroup still exists, and once more when the
+    cgroup is removed: an event is taken as an OOM only while the cgroup is still there. The
+    count read at exit (:func:`oom_kills`) remains the first source; this covers the systemd
+    driver, where systemd may remove the scope's cgroups before the exit is seen.
+    """
+
+    def __init__(self, cgroup: Path) -> None:
+        self.cgroup = cgroup
+        self.seen = False
+        control = os.open(cgroup / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._eventfd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            try:
+                (cgroup / "cgroup.event_control").write_text(f"{self._eventfd} {control}")
+            except BaseException:
+                os.close(self._eventfd)
+                raise
+        finally:
+            os.close(control)
+
+    def fileno(self) -> int:
+        return self._eventfd
+
+    def take(self) -> bool:
+        """Read pending events; True (and ``seen`` set) when one was an OOM."""
+        try:
+            count = os.eventfd_read(self._eventfd)
+        except BlockingIOError:
+            return False
+        # Removal signals once; anything else is an OOM. With the cgroup gone, only a count
+        # above one proves an OOM (both arrived before this read).
+        if (self.cgroup / "memory.oom_control").exists() or count > 1:
+            self.seen = True
+        return self.seen
+
+    def close(self) -> None:
+        if self._eventfd >= 0:
+            os.close(self._eventfd)
+            self._eventfd = -1
+
+
+def watch_oom(pid: int, *, cgroup_root: Path = CGROUP_ROOT) -> OomEvents | None:
+    """OOM events of the memory cgroup ``pid`` is in (cgroup v1); None where not available.
+
+    Call it right after :func:`start` and pass the result to :func:`stop` or :func:`wait_exit`
+    (the caller closes it). On cgroup v2, or when the process or its cgroup is gone, None: the
+    count at exit is then all there is.
+    """
+    memory = cgroup_root / "memory"
+    if not memory.is_dir():
+        return None
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            try:
+                return OomEvents(memory / path.lstrip("/"))
+            except OSError:
+                return None
+    return None
+
+
+# --- remove --------------------------------------------------------------------------------------
+
+
+def remove(bundle: Bundle, runtime: Runtime) -> None:
+    """Delete the runtime's state (killing what still runs), unmount, remove the directory."""
+    with contextlib.suppress(ContainerNotFoundError):
+        if runtime.state(bundle.name) is not None:
+            runtime.delete(bundle.name, force=True)
+    unmount_rootfs(bundle.directory)
+    left = mounts_below(bundle.directory)
+    if left:
+        raise ContainerError(
+            f"cannot remove {bundle.directory}: still mounted below it: "
+            f"{', '.join(map(str, left))}; unmount them (umount -R) and remove again"
+        )
+    if bundle.directory.exists():
+        shutil.rmtree(bundle.directory)
