@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from quayd.isolation.environment import DEFAULT_PATH, container_env
 from quayd.isolation.errors import SpecError
+from quayd.isolation.seccomp import kernel_version, native_arch, oci_seccomp
 from quayd.isolation.users import ResolvedUser
 from quayd.units.model import Mount, Unit
 from quayd.units.values import CAPABILITIES, ValueSyntaxError, parse_signal
@@ -215,6 +216,19 @@ def capabilities_for(unit: Unit) -> frozenset[str]:
     if "ALL" in drop:
         return frozenset(add)
     return frozenset((DEFAULT_CAPABILITIES - drop) | add)
+
+
+def seccomp_for(unit: Unit, profile: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The OCI seccomp filter of ``unit`` on this host: ``profile`` (containers-common form)
+    converted for this architecture, kernel and the unit's capabilities; None without one."""
+    if profile is None:
+        return None
+    return oci_seccomp(
+        profile,
+        arch=native_arch(),
+        capabilities=capabilities_for(unit),
+        kernel=kernel_version(),
+    )
 
 
 def user_spec(unit: Unit, image: ImageDefaults) -> str:

@@ -42,8 +42,8 @@ from quayd.isolation.container import (
 )
 from quayd.isolation.rootfs import mounts_below
 from quayd.isolation.runtime import ExitWatcher, OciRuntime, become_subreaper, open_log_file
-from quayd.isolation.seccomp import kernel_version, load_default_profile, native_arch, oci_seccomp
-from quayd.isolation.spec import EtcFiles, ImageDefaults, capabilities_for
+from quayd.isolation.seccomp import load_default_profile
+from quayd.isolation.spec import EtcFiles, ImageDefaults, seccomp_for
 from quayd.units.model import Unit
 from tests.support.images import PushTarget, busybox_image
 from tests.support.registry import running_registry
@@ -104,14 +104,7 @@ def _config(
         etc_files=EtcFiles(etc / "hostname", etc / "hosts", etc / "resolv.conf"),
         volumes_dir=state_dir / "volumes",
         cgroup_driver=driver,
-        seccomp=None
-        if profile is None
-        else oci_seccomp(
-            profile,
-            arch=native_arch(),
-            capabilities=capabilities_for(unit),
-            kernel=kernel_version(),
-        ),
+        seccomp=seccomp_for(unit, profile),
         nofile_ceiling=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         swap_limit=not memory.is_dir() or (memory / "memory.memsw.limit_in_bytes").exists(),
     )

@@ -20,7 +20,6 @@ import os
 import resource
 import selectors
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,13 +30,13 @@ import pytest
 from quayd.isolation.notify import NotifySocket
 from quayd.isolation.rootfs import mounts_below
 from quayd.isolation.runtime import OciRuntime, Stdio, open_log_file
-from quayd.isolation.seccomp import kernel_version, load_default_profile, native_arch, oci_seccomp
+from quayd.isolation.seccomp import load_default_profile
 from quayd.isolation.spec import (
     EtcFiles,
     ImageDefaults,
     SpecInputs,
     build_spec,
-    capabilities_for,
+    seccomp_for,
     user_spec,
 )
 from quayd.isolation.users import resolve_user
@@ -53,7 +52,6 @@ from tests.support.systemd_host import (
 pytestmark = CONTAINER_TEST_MARKS
 
 RUN_DIR = Path("/run/quay")  # inside the host: its private /run
-HELPER_SOURCE = Path(__file__).resolve().parents[1] / "support" / "sd_notify.c"
 PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n"
 GROUP = "root:x:0:\napp:x:1000:\n"
 QUICK = 5.0
@@ -65,19 +63,6 @@ create until READY (30 s when nobody answers); quay's socket must not."""
 def host() -> Iterator[SystemdHost]:
     with systemd_host() as booted:
         yield booted
-
-
-@pytest.fixture(scope="module")
-def sd_notify(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("no gcc to build tests/support/sd_notify.c")
-    binary = tmp_path_factory.mktemp("helper") / "sd_notify"
-    subprocess.run(
-        ["gcc", "-static", "-O2", "-o", str(binary), str(HELPER_SOURCE)],
-        check=True,
-        capture_output=True,
-    )
-    return binary
 
 
 def write_bundle(
@@ -115,14 +100,7 @@ def write_bundle(
             volumes_dir=bundle / "volumes",
             notify_socket_dir=bundle / "notify",
             cgroup_driver="systemd",
-            seccomp=None
-            if profile is None
-            else oci_seccomp(
-                profile,
-                arch=native_arch(),
-                capabilities=capabilities_for(unit),
-                kernel=kernel_version(),
-            ),
+            seccomp=seccomp_for(unit, profile),
             # This machine's root lacks CAP_SYS_RESOURCE: limits cannot go above quayd's own.
             nofile_ceiling=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         )

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import pytest
 
 from quayd.isolation.environment import read_env_files
-from quayd.isolation.seccomp import kernel_version, load_default_profile, native_arch, oci_seccomp
+from quayd.isolation.seccomp import load_default_profile
 from quayd.isolation.spec import (
     DEFAULT_CAPABILITIES,
     NOTIFY_DIR,
@@ -29,8 +29,8 @@ from quayd.isolation.spec import (
     ImageDefaults,
     SpecInputs,
     build_spec,
-    capabilities_for,
     cpu_shares,
+    seccomp_for,
     user_spec,
 )
 from quayd.isolation.users import resolve_user
@@ -183,14 +183,7 @@ def run_container(
             volumes_dir=volumes,
             notify_socket_dir=bundle / "notify" if notify else None,
             cgroup_driver=driver,
-            seccomp=None
-            if profile is None
-            else oci_seccomp(
-                profile,
-                arch=native_arch(),
-                capabilities=capabilities_for(unit),
-                kernel=kernel_version(),
-            ),
+            seccomp=seccomp_for(unit, profile),
             # This machine's root lacks CAP_SYS_RESOURCE: limits cannot go above quayd's own.
             nofile_ceiling=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         )

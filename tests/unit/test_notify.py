@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import selectors
-import shutil
 import socket
 import stat
 import struct
@@ -28,9 +27,6 @@ from quayd.isolation.notify import (
     NotifySocketError,
     parse_notify,
 )
-
-HELPER_SOURCE = Path(__file__).resolve().parents[1] / "support" / "sd_notify.c"
-
 
 # --- parse_notify --------------------------------------------------------------------------------
 
@@ -257,19 +253,6 @@ def test_a_path_too_long_is_refused(tmp_path: Path) -> None:
 
 
 # --- the C helper --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def sd_notify(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("no gcc to build tests/support/sd_notify.c")
-    binary = tmp_path_factory.mktemp("helper") / "sd_notify"
-    subprocess.run(
-        ["gcc", "-static", "-O2", "-o", str(binary), str(HELPER_SOURCE)],
-        check=True,
-        capture_output=True,
-    )
-    return binary
 
 
 def test_helper_sends_to_a_path_and_execs(sd_notify: Path, notify: NotifySocket) -> None:
