@@ -26,11 +26,14 @@ tmpfs: it is gone after a reboot, as the containers are.
 terminal). Two sinks that never block the container on quayd:
 
 * :func:`journald_stream` — a connection to journald's stdout-stream socket, set up exactly as
-  ``sd_journal_stream_fd(3)`` does (identifier ``quay-NAME``). journald reads it whether or not
-  quayd runs. Limits of the stream protocol: entries carry ``SYSLOG_IDENTIFIER=quay-NAME`` but
-  their ``_PID``/``_SYSTEMD_UNIT`` are those of the process that connected (quayd), and no extra
-  fields can be attached; adding ``CONTAINER_ID=``/``QUAY_UNIT=`` needs a native-protocol relay
-  (planned; the agent issue decides whether that relay is worth a process per container).
+  ``sd_journal_stream_fd(3)`` does (identifier ``quay-NAME``, unit id ``quay-NAME.scope``).
+  journald reads it whether or not quayd runs. It attributes each line to the process that wrote
+  it (``SO_PASSCRED``; journald 246+), so a container's entries carry
+  ``_SYSTEMD_UNIT=quay-NAME.scope``, its slice, cgroup and ``_PID``, and the header's unit id
+  stands in for a writer that was gone before journald read its line: ``journalctl -u
+  quay-NAME.scope`` finds them all. Custom fields (``CONTAINER_ID=``, ``QUAY_UNIT=``) are out of
+  reach: the stream protocol has none, and systemd 252 refuses ``LogExtraFields`` on scopes; only
+  a native-protocol relay process could add them.
 * :func:`open_log_file` — an ``O_APPEND`` file per container. The container writes it directly,
   so nothing is lost while quayd is down; :func:`trim_log_file` caps it in place when quayd runs
   (``FALLOC_FL_COLLAPSE_RANGE`` drops whole blocks from the front while writers keep appending;
@@ -545,6 +548,7 @@ def journald_running(socket_path: Path = JOURNAL_STDOUT_SOCKET) -> bool:
 def journald_stream(
     identifier: str,
     *,
+    unit_name: str | None = None,
     priority: int = 6,
     socket_path: Path = JOURNAL_STDOUT_SOCKET,
 ) -> int:
@@ -552,17 +556,29 @@ def journald_stream(
 
     journald takes each line as an entry with ``SYSLOG_IDENTIFIER=identifier`` and the given
     priority (6: info). Raises OSError when journald does not listen.
+
+    Who an entry is attributed to (journald 246 and later; checked on 252): journald reads the
+    stream with ``SO_PASSCRED`` and takes the ``_PID``, ``_COMM``, ``_SYSTEMD_CGROUP``,
+    ``_SYSTEMD_UNIT``, ``_SYSTEMD_SLICE``, ``_SYSTEMD_INVOCATION_ID`` … of each line from the
+    process that *wrote* it, not from the process that connected. For a container's output that is
+    the container's process, in ``quay-NAME.scope``.
+
+    ``unit_name`` (e.g. ``quay-NAME.scope``) is sent as the header's unit id, which journald keeps
+    from root peers only, and uses only when the writer's cgroup cannot be read: the writer
+    already exited (and was reaped; a zombie is in the root cgroup on cgroup v1) before journald
+    read its line, typically a short-lived container. Then the entry gets
+    ``_SYSTEMD_UNIT=unit_name`` (no ``_SYSTEMD_CGROUP``/``_SYSTEMD_SLICE``) instead of no unit at
+    all. So ``journalctl -u quay-NAME.scope`` finds all of a container's lines.
     """
-    if "\n" in identifier:
-        raise ValueError("a journal identifier cannot contain a newline")
+    if "\n" in identifier or (unit_name is not None and "\n" in unit_name):
+        raise ValueError("a journal identifier or unit name cannot contain a newline")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(socket_path))
         sock.shutdown(socket.SHUT_RD)
-        # identifier, unit id (journald ignores it from clients), priority, level prefix
-        # (``<3>`` at a line's start sets that line's priority), then forward to syslog,
-        # kmsg, console.
-        header = f"{identifier}\n\n{priority}\n0\n0\n0\n0\n"
+        # identifier, unit id (see above), priority, level prefix (``<3>`` at a line's start sets
+        # that line's priority), then forward to syslog, kmsg, console.
+        header = f"{identifier}\n{unit_name or ''}\n{priority}\n0\n0\n0\n0\n"
         sock.sendall(header.encode())
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         return sock.detach()
