@@ -110,6 +110,10 @@ def unreachable_ports(net: BridgeNet, endpoints: Sequence[Endpoint]) -> list[str
 
 def _unreachable_reason(net: BridgeNet, endpoint: Endpoint, mapping: PortMapping) -> str | None:
     host = _host_address(mapping)
+    if isinstance(host, IPv6Address) and host.is_loopback:
+        # IPv4 lets a DNATed packet with a 127.0.0.1 source leave by the bridge
+        # (route_localnet); IPv6 has no such switch, so ::1 never reaches a container.
+        return "cannot be published on ::1 (IPv6 has no route_localnet); use 127.0.0.1"
     if not isinstance(host, IPv6Address) or endpoint.ipv6 is not None:
         return None
     if net.subnet6 is None:
@@ -158,6 +162,8 @@ def _dnat_rules(endpoint: Endpoint, mapping: PortMapping) -> list[str]:
     """The v4 and/or v6 DNAT rule of one mapping; none if the container lacks the family."""
     host = _host_address(mapping)
     rules = []
+    if isinstance(host, IPv6Address) and host.is_loopback:
+        return []  # never reachable: see _unreachable_reason
     if not isinstance(host, IPv6Address):
         match = "meta nfproto ipv4" if host is None else f"ip daddr {host}"
         target = f"ip to {endpoint.ipv4}:{mapping.container_port}"

@@ -113,7 +113,7 @@ CASES = [
     Case(
         "an IPv6 host address without an IPv6 container address is left out",
         NET,
-        (endpoint("web", 2, PortMapping(8080, 80, host_ip="::1"), PortMapping(9090, 90)),),
+        (endpoint("web", 2, PortMapping(8080, 80, host_ip="2001:db8::7"), PortMapping(9090, 90)),),
         present=('meta nfproto ipv4 tcp dport 9090 dnat ip to 10.89.0.2:90 comment "unit web"',),
         absent=("8080", "ip6"),
     ),
@@ -173,9 +173,9 @@ def test_endpoints_by_unit_and_mappings_sorted() -> None:
     [
         (
             NET,
-            PortMapping(8080, 80, host_ip="::1"),
+            PortMapping(8080, 80, host_ip="2001:db8::7"),
             False,
-            "web: port [::1]:8080:80 needs an IPv6 address, but network.subnet6 is not set",
+            "web: port [2001:db8::7]:8080:80 needs an IPv6 address, but network.subnet6 is not set",
         ),
         (
             NET6,
@@ -183,7 +183,14 @@ def test_endpoints_by_unit_and_mappings_sorted() -> None:
             False,
             "web: port [2001:db8::1]:53:53/udp needs an IPv6 address, but the container has none",
         ),
-        (NET6, PortMapping(8080, 80, host_ip="::1"), True, None),
+        (NET6, PortMapping(8080, 80, host_ip="2001:db8::7"), True, None),
+        (
+            NET6,
+            PortMapping(8080, 80, host_ip="::1"),
+            True,
+            "web: port [::1]:8080:80 cannot be published on ::1 (IPv6 has no route_localnet);"
+            " use 127.0.0.1",
+        ),
         (NET, PortMapping(8080, 80, host_ip="127.0.0.1"), False, None),
         (NET, PortMapping(8080, 80), False, None),
     ],
@@ -196,9 +203,16 @@ def test_unreachable_ports(
 
 
 def test_unreachable_ports_in_unit_order() -> None:
-    v6_only = PortMapping(8080, 80, host_ip="::1")
+    v6_only = PortMapping(8080, 80, host_ip="2001:db8::7")
     found = unreachable_ports(NET, [endpoint("web", 2, v6_only), endpoint("api", 3, v6_only)])
     assert [message.split(":")[0] for message in found] == ["api", "web"]
+
+
+def test_ipv6_loopback_is_never_rendered() -> None:
+    ruleset = render_ruleset(
+        NET6, [endpoint("web", 2, PortMapping(8080, 80, host_ip="::1"), v6=True)]
+    )
+    assert "8080" not in ruleset
 
 
 @pytest.mark.parametrize("bridge", ['quay"0', "quay*", "", "a-very-long-bridge-name"])
