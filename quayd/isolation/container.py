@@ -258,11 +258,11 @@ def stop(
         if pid is not None:
             watcher.watch(pid)
             events = events or watch_oom(pid)
-            _kill(runtime, container_id, signal_number(signal_name))
+            kill(runtime, container_id, signal_number(signal_name))
             ended = _wait(pid, timeout, watcher, events)
             if ended is None:
                 killed = True
-                _kill(runtime, container_id, signal.SIGKILL)
+                kill(runtime, container_id, signal.SIGKILL)
                 ended = _wait(pid, KILL_TIMEOUT, watcher, events)
                 if ended is None:
                     raise ContainerError(
@@ -270,7 +270,7 @@ def stop(
                         "after SIGKILL; it may be stuck in the kernel (D state): see "
                         f"/proc/{pid}/stack"
                     )
-        return _finish(
+        return finish(
             container_id, ended, killed=killed, runtime=runtime, bundle=state.bundle, events=events
         )
     finally:
@@ -297,7 +297,7 @@ def wait_exit(
     ended = _wait(started.pid, float("inf") if timeout is None else timeout, watcher, events)
     if ended is None:
         return None
-    return _finish(started.id, ended, killed=False, runtime=runtime, bundle=bundle, events=events)
+    return finish(started.id, ended, killed=False, runtime=runtime, bundle=bundle, events=events)
 
 
 def _wait(pid: int, timeout: float, watcher: ExitWatcher, events: OomEvents | None) -> Exit | None:
@@ -321,7 +321,7 @@ def _wait(pid: int, timeout: float, watcher: ExitWatcher, events: OomEvents | No
                     events.take()
 
 
-def _finish(
+def finish(
     container_id: str,
     ended: Exit | None,
     *,
@@ -355,7 +355,7 @@ def _driver_of(runtime: Runtime) -> Driver:
     return "systemd" if getattr(runtime, "systemd_cgroup", True) else "cgroupfs"
 
 
-def _kill(runtime: Runtime, container_id: str, sig: int) -> None:
+def kill(runtime: Runtime, container_id: str, sig: int) -> None:
     """Signal the init; one that has just ended is not an error (the watcher will say so)."""
     try:
         runtime.kill(container_id, sig)

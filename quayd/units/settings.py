@@ -130,6 +130,9 @@ class Settings(Table):
     runtime: RuntimeName = "crun"
     cgroup_driver: Literal["auto", "systemd", "cgroupfs"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    stop_containers_on_exit: bool = False
+    """When quayd stops (not when it restarts on failure), stop every container too, dependents
+    first. Off by default: an agent restart or upgrade leaves containers running (adopted)."""
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     registries: RegistrySettings = Field(default_factory=RegistrySettings)
     images: ImageSettings = Field(default_factory=ImageSettings)

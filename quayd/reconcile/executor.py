@@ -1,0 +1,314 @@
+"""The executor: the blocking work behind each action, over images, isolation and net.
+
+Each method does one action for one unit and is called from a worker thread (the agent's loop
+serialises work per unit, so two calls for the same unit never overlap; calls for different
+units do). It knows the public API of ``quayd.images``, ``quayd.isolation`` and ``quayd.net``
+and nothing of their insides; it decides nothing (the planner did).
+
+Waiting for a container to end is not done here: the agent's loop owns the one
+:class:`ExitWatcher` (pidfds), and :meth:`Executor.finish` is called once the init is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import shutil
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quayd.images.errors import ImageError
+from quayd.images.model import ImageConfig, ImageRecord, Platform
+from quayd.images.pull import pull
+from quayd.images.registry import RegistryClient
+from quayd.images.store import Store
+from quayd.images.unpack import UnpackLimits
+from quayd.isolation.container import (
+    Bundle,
+    ContainerConfig,
+    Driver,
+    OomEvents,
+    StopResult,
+    finish,
+    kill,
+    prepare,
+    remove,
+    signal_number,
+    start,
+    watch_oom,
+)
+from quayd.isolation.environment import read_env_files
+from quayd.isolation.runtime import (
+    Exit as RuntimeExit,
+)
+from quayd.isolation.runtime import (
+    OciRuntime,
+    journald_running,
+    journald_stream,
+    open_log_file,
+)
+from quayd.isolation.spec import EtcFiles, ImageDefaults, seccomp_for, stop_signal
+from quayd.net.network import Network
+from quayd.reconcile.records import ContainerRecord, read_record, write_record
+from quayd.units.model import Unit
+from quayd.units.reference import parse_reference
+from quayd.units.settings import Settings
+
+log = logging.getLogger("quayd.executor")
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+class ExecutorError(Exception):
+    """An action failed; the message says why (it becomes the unit's status detail)."""
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A container this agent started: its init's pid and its record."""
+
+    pid: int
+    record: ContainerRecord
+    oom_events: OomEvents | None
+    """Opened between create and start (cgroup v1): pass it to :meth:`Executor.finish`."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """A container found on the host at agent start (adoption)."""
+
+    name: str
+    pid: int | None
+    running: bool
+    record: ContainerRecord | None
+
+
+def cgroup_driver(settings: Settings) -> Driver:
+    """``auto``: systemd scopes when systemd runs this host (its notify dir exists)."""
+    if settings.cgroup_driver != "auto":
+        return settings.cgroup_driver
+    return "systemd" if Path("/run/systemd/system").is_dir() else "cgroupfs"
+
+
+class Executor:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        registry: RegistryClient,
+        network: Network,
+        seccomp_profile: Mapping[str, Any] | None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.network = network
+        self.seccomp_profile = seccomp_profile
+        self.driver = cgroup_driver(settings)
+        self.runtime = OciRuntime(
+            settings.runtime,
+            run_dir=Path(settings.run_dir),
+            systemd_cgroup=self.driver == "systemd",
+        )
+        self.state_dir = Path(settings.state_dir)
+        self.run_dir = Path(settings.run_dir)
+        self._network_lock = threading.Lock()
+        self._swap_limit = (CGROUP_ROOT / "memory" / "memory.memsw.limit_in_bytes").exists() or (
+            not (CGROUP_ROOT / "memory").is_dir()
+        )
+
+    # --- paths ----------------------------------------------------------------------------------
+
+    def container_dir(self, name: str) -> Path:
+        return self.state_dir / "containers" / name
+
+    def notify_dir(self, name: str) -> Path:
+        return self.run_dir / "notify" / name
+
+    def log_file(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    # --- images ---------------------------------------------------------------------------------
+
+    def image(self, unit: Unit) -> ImageRecord | None:
+        return self.store.get(str(parse_reference(str(unit.container.image))))
+
+    def pull(self, unit: Unit) -> ImageRecord:
+        images = self.settings.images
+        try:
+            return pull(
+                str(unit.container.image),
+                store=self.store,
+                client=self.registry,
+                platform=Platform.parse(unit.image.platform) if unit.image.platform else None,
+                max_concurrent=images.max_concurrent_downloads,
+                min_free_bytes=images.min_free_disk,
+                limits=UnpackLimits(
+                    max_uncompressed_bytes=images.max_layer_size,
+                    max_entries=images.max_layer_entries,
+                ),
+            )
+        except ImageError as error:
+            raise ExecutorError(str(error)) from error
+
+    # --- start ----------------------------------------------------------------------------------
+
+    def start(
+        self, name: str, unit: Unit, unit_hash: str, all_units: Mapping[str, Unit]
+    ) -> Launched:
+        """Image → network → bundle → record → create + start. Leaves nothing on failure."""
+        record = self.image(unit)
+        if record is None:
+            raise ExecutorError(f"image {unit.container.image} is not in the store")
+        config = self.store.image_config(record)
+        directory = self.container_dir(name)
+        self._clear(name, directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        netns = self._attach(name, unit, all_units)
+        notify_dir = self.notify_dir(name) if unit.ready.mode == "notify" else None
+        hostname = directory / "hostname"
+        hostname.write_text(f"{unit.container.hostname or name}\n")
+        etc = self.network.etc_paths(name)
+        container_config = ContainerConfig(
+            unit=unit,
+            image=image_defaults(config),
+            etc_files=EtcFiles(hostname=hostname, hosts=etc.hosts, resolv_conf=etc.resolv_conf),
+            volumes_dir=self.state_dir / "volumes",
+            cgroup_driver=self.driver,
+            netns=netns,
+            env_files=read_env_files(unit.container.env_files) or None,
+            notify_socket_dir=notify_dir,
+            seccomp=seccomp_for(unit, self.seccomp_profile),
+            nofile_ceiling=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+            swap_limit=self._swap_limit,
+        )
+        layers = [self.store.layer_path(layer.chain_id) for layer in record.layers]
+        try:
+            bundle = prepare(name, layers, container_config, directory)
+            launched = ContainerRecord(
+                name=name,
+                hash=unit_hash,
+                unit=unit,
+                started_at=time.time(),
+                image_digest=record.manifest_digest,
+            )
+            write_record(directory, launched)
+            out = self._open_logs(name)
+            try:
+                started = start(bundle, self.runtime, out)
+            finally:
+                os.close(out)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._clear(name, directory)
+            raise
+        return Launched(pid=started.pid, record=launched, oom_events=started.oom_events)
+
+    def _attach(self, name: str, unit: Unit, all_units: Mapping[str, Unit]) -> str | None:
+        if unit.network.mode != "bridge":
+            with self._network_lock:
+                self.network.sync(all_units)  # its hosts and resolv.conf
+            return None
+        attachment = self.network.attach(name)
+        with self._network_lock:
+            self.network.sync(all_units)
+        return str(attachment.netns)
+
+    def _open_logs(self, name: str) -> int:
+        if journald_running():
+            with contextlib.suppress(OSError):
+                return journald_stream(f"quay-{name}", unit_name=f"quay-{name}.scope")
+        return open_log_file(self.log_file(name))
+
+    def _clear(self, name: str, directory: Path) -> None:
+        """Remove a previous container of ``name`` (its runtime state, mounts, directory)."""
+        bundle = Bundle(name, directory, "SIGTERM", 0.0, self.driver)
+        remove(bundle, self.runtime)
+
+    # --- stop and exit --------------------------------------------------------------------------
+
+    def signal(self, name: str, signal_name: str) -> None:
+        kill(self.runtime, name, signal_number(signal_name))
+
+    def stop_signal(self, unit: Unit) -> str:
+        record = self.image(unit)
+        config = self.store.image_config(record) if record is not None else ImageConfig()
+        return stop_signal(unit, image_defaults(config))
+
+    def finish(
+        self, name: str, ended: RuntimeExit | None, *, killed: bool, events: OomEvents | None
+    ) -> StopResult:
+        """After the init ended: OOM count, runtime delete, unmount, remove the directory."""
+        directory = self.container_dir(name)
+        result = finish(
+            name, ended, killed=killed, runtime=self.runtime, bundle=directory, events=events
+        )
+        self._clear(name, directory)
+        return result
+
+    def release(self, name: str, all_units: Mapping[str, Unit]) -> None:
+        """A unit that no longer exists: its network, lease, files; volumes stay."""
+        self._clear(name, self.container_dir(name))
+        with self._network_lock:
+            self.network.detach(name)
+            self.network.release([name])
+            self.network.sync(all_units)
+        shutil.rmtree(self.notify_dir(name), ignore_errors=True)
+
+    def mark_ready(self, name: str, at: float) -> None:
+        """Persist readiness, so an adopted container is not asked to be ready again."""
+        directory = self.container_dir(name)
+        record = read_record(directory)
+        if record is not None and record.ready_at is None:
+            write_record(
+                directory,
+                ContainerRecord(
+                    name=record.name,
+                    hash=record.hash,
+                    unit=record.unit,
+                    started_at=record.started_at,
+                    ready_at=at,
+                    image_digest=record.image_digest,
+                ),
+            )
+
+    # --- adoption -------------------------------------------------------------------------------
+
+    def find_containers(self) -> list[Found]:
+        """Every container the runtime knows under quay's root, with its record."""
+        found = []
+        for container_id in self.runtime.list_ids():
+            state = self.runtime.state(container_id)
+            record = read_record(self.container_dir(container_id))
+            found.append(
+                Found(
+                    name=container_id,
+                    pid=state.pid if state is not None else None,
+                    running=state is not None and state.status in ("running", "created"),
+                    record=record,
+                )
+            )
+        return found
+
+    def watch_oom(self, pid: int) -> OomEvents | None:
+        """For an adopted container: OOM kills from now on (its earlier ones are in the count)."""
+        return watch_oom(pid)
+
+
+def image_defaults(config: ImageConfig) -> ImageDefaults:
+    return ImageDefaults(
+        entrypoint=config.entrypoint,
+        cmd=config.cmd,
+        env=config.env,
+        working_dir=config.working_dir,
+        user=config.user,
+        stop_signal=config.stop_signal,
+        volumes=config.volumes,
+    )
