@@ -1,0 +1,479 @@
+"""The planner: ``plan(desired, observed, now) -> Plan``, pure.
+
+No I/O and no clock (``now`` is an argument); the same inputs always give the same plan (units
+are looked at in a fixed order, ties broken by name). Like the kubelet's ``computePodActions``,
+each pass compares what should run with what runs and proposes the next step: at most ONE action
+per unit per pass (per-unit work is serialized: the executor runs it, marks the unit busy, and the
+next pass continues from what it observes then). Every action carries a ``reason`` a person can
+read (``quayctl plan`` shows them), and every unit gets one :class:`UnitStatus`.
+
+State table, per unit (first matching row wins; the action, then the ``[state]`` shown)::
+
+    busy (an action in flight)             none          [pulling|starting|stopping|removing]
+    file invalid, no last good version     none          [invalid]  even if a container runs
+    file removed, container live           Stop remove   [stopping]
+    file removed, leftovers on the host    Remove        [removing]
+
+    live container, other hash             Stop replace  [stopping]  # RUNNING -> STOPPING
+    live, not ready at the deadline        Stop failure  [stopping]  # STARTING -> STOPPING
+    live, unhealthy, on_unhealthy=restart  Stop failure  [stopping]  # RUNNING -> STOPPING
+    live, not ready yet                    none          [starting]  wake at the deadline
+    live, ready (healthy or not)           none          [running]   # STARTING -> RUNNING
+
+    no container, stopped for shutdown     none          [exited]
+    no container, policy says no restart   none          [exited]    # EXITED stays EXITED
+    no container, backoff not over         none          [backoff]   wake at its end
+    no container, to (re)start:                                      # BACKOFF -> STARTING
+      its image being pulled               none          [pulling]
+      pull failed, retry_at not reached    none          [waiting]   wake at retry_at
+      image to pull                        Pull          [pulling]
+      a required unit not ready            none          [waiting]
+      otherwise                            Start         [starting]
+
+A container that ends goes from ``[running]``/``[starting]`` to an exit the executor records
+(:func:`record_exit`); the next pass takes the "no container" rows.
+
+Choices (where the brief and ``docs/units.md`` are silent, what systemd/Docker/kubelet do):
+
+* **Which exits the restart policy decides.** Only exits the container made by itself and
+  quay's ``failure`` stops (not ready in time, unhealthy). A container stopped because its unit
+  changed (``replace``) or its file was removed (``remove``, then the file came back) is not an
+  exit in the restart sense: the (new) unit starts at once, with no backoff. A container stopped
+  for ``shutdown`` stays exited, whatever the policy, for as long as this agent runs (as after
+  ``docker stop`` or ``systemctl stop``); the agent's next start has no History and starts it.
+* **is_failure.** quay's own ``replace``/``remove``/``shutdown`` stops are never failures (how
+  the process answers the stop signal says nothing about its health); ``failure`` stops always
+  are. Otherwise: a non-zero status, a signal, an OOM kill, or an exit before ready. An exit whose
+  status is unknown (it ended while quayd was down) counts as a failure, so ``on-failure``
+  restarts it: on an unattended edge device, running one time too many is the safe side.
+* **Failure stops follow the policy.** Not ready in time or unhealthy with ``on_unhealthy =
+  "restart"`` stops the container as failed; whether it starts again is the restart policy's
+  (``"no"`` leaves it exited, as the kubelet with ``restartPolicy: Never`` after a liveness kill).
+* **Backoff.** ``restart.backoff`` doubled per consecutive restart, capped at ``backoff_max``;
+  never gives up (no maximum number of restarts).
+* **Readiness deadline.** A container not ready *at* ``started_at + ready.timeout`` has failed
+  (``>=``: the pass woken at the deadline acts on it instead of needing another one).
+* **Images.** ``pull = "missing"`` never pulls a stored image (an offline boot must work).
+  ``pull = "always"`` pulls before each (re)start: when the image was not checked since the last
+  exit. If that pull fails and the image is stored, the container starts with the stored image
+  (an edge device must heal offline); the next (re)start after ``retry_at`` tries the registry
+  again. An image pinned by digest never changes, so ``always`` has nothing to check for it. The
+  image is pulled even while a required unit is not ready yet (the pull overlaps the wait, as
+  ``docker compose up`` pulls everything first); only the start waits.
+* **Dependencies.** ``requires`` gates only *starting*: a unit starts once every unit it
+  requires is desired and ready *this pass* (statuses are computed in dependency order, so a
+  dependency being replaced or restarted this pass holds its dependents back). When a dependency
+  restarts, its running dependents keep running (systemd's ``Wants=``/``After=``, not
+  ``BindsTo=``). A busy unit does not count as ready until the pass after its action completes.
+* **Invalid files.** quay never stops anything on bad input: a unit whose file is invalid and
+  has no last good version is reported ``invalid`` and whatever runs or remains for it is left
+  alone. With a last good version, that version keeps running (and restarting) as before, and
+  the status carries the findings.
+* **Times in details** are relative to ``now`` ("restarting in 4s"), which keeps the planner
+  free of time zones; :attr:`UnitStatus.next_attempt` holds the absolute time.
+* **Which units get a status:** every desired or invalid unit, every live container, every
+  leftover, and every busy unit (so work in flight shows, even for a unit already gone).
+* ``shutdown_plan`` stops every live container, dependents before the units they require.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Literal
+
+from quayd.reconcile.model import (
+    Action,
+    Busy,
+    Container,
+    Desired,
+    DesiredUnit,
+    Exit,
+    History,
+    ImageState,
+    Observed,
+    Plan,
+    Pull,
+    Remove,
+    Start,
+    State,
+    Stop,
+    UnitStatus,
+)
+from quayd.units.model import RestartTable, Unit
+from quayd.units.values import format_duration
+
+PULL_BACKOFF_FIRST = 2.0
+PULL_BACKOFF_MAX = 300.0
+_MAX_DOUBLINGS = 64  # 2**64 times any backoff is past any cap; keeps the float finite
+
+_BUSY_STATES: Mapping[Busy, State] = {
+    "pulling": "pulling",
+    "starting": "starting",
+    "stopping": "stopping",
+    "removing": "removing",
+}
+
+
+# --- helpers the executor calls ---------------------------------------------------------------
+
+
+def backoff_delay(restart: RestartTable, restarts: int) -> float:
+    """Seconds to wait before restart number ``restarts`` (1 = the first in a row)."""
+    if restarts <= 0:
+        return 0.0
+    first = restart.backoff.total_seconds()
+    cap = restart.backoff_max.total_seconds()
+    return min(first * 2.0 ** min(restarts - 1, _MAX_DOUBLINGS), cap)
+
+
+def pull_backoff(failures: int) -> float:
+    """Seconds before retrying a pull after ``failures`` failed in a row: 2 s doubling to 5 min."""
+    if failures <= 0:
+        return 0.0
+    return min(PULL_BACKOFF_FIRST * 2.0 ** min(failures - 1, _MAX_DOUBLINGS), PULL_BACKOFF_MAX)
+
+
+def is_failure(exit: Exit) -> bool:
+    """Whether ``on-failure`` restarts after this exit (see the module docstring)."""
+    if exit.stopped_for == "failure":
+        return True
+    if exit.stopped_for is not None:  # replace, remove, shutdown: quay's own stop
+        return False
+    if not exit.known:  # ended while quayd was down: restart, the safe side on an edge device
+        return True
+    return exit.code != 0 or exit.signal is not None or exit.oom is True or not exit.ready
+
+
+def record_exit(history: History | None, exit: Exit, unit: Unit) -> History:
+    """The unit's History after ``exit``: the restart count that sets the next backoff."""
+    previous = history.restarts if history is not None else 0
+    if exit.stopped_for in ("replace", "remove"):
+        restarts = 0  # a new version (or a new file) starts fresh
+    elif exit.stopped_for == "shutdown":
+        restarts = previous
+    else:
+        ran_long = exit.at - exit.started_at >= unit.restart.reset_after.total_seconds()
+        restarts = (0 if ran_long else previous) + 1
+    return History(restarts=restarts, last_exit=exit)
+
+
+def describe_exit(exit: Exit) -> str:
+    """How a run ended, for a person: "exited 1", "killed by SIGKILL", "OOM-killed"."""
+    if exit.stopped_for == "failure":
+        text = "stopped as failed (not ready in time, or unhealthy)"
+    elif exit.stopped_for == "shutdown":
+        text = "stopped by quay's shutdown"
+    elif exit.oom:
+        text = "OOM-killed"
+    elif exit.signal is not None:
+        text = f"killed by {exit.signal}"
+    elif exit.code is not None:
+        text = f"exited {exit.code}"
+    else:
+        text = "exit status unknown"
+    if not exit.ready and exit.stopped_for is None:
+        text += " before it was ready"
+    return text
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration for a person: "60s", "90s", "5m", "1s500ms"."""
+    if seconds < 120 and float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return format_duration(timedelta(seconds=seconds))
+
+
+def _countdown(seconds: float) -> str:
+    return format_seconds(max(1, math.ceil(seconds)))
+
+
+# --- ordering ----------------------------------------------------------------------------------
+
+
+def _ordered(names: Iterable[str], before: Callable[[str], Iterable[str]]) -> list[str]:
+    """``names`` with each after the names ``before(name)`` lists (those among ``names``);
+    ties by name. Names caught in a cycle (validation refuses them) come last, by name."""
+    pending = set(names)
+    waits_on = {name: {other for other in before(name) if other in pending} for name in pending}
+    unlocks: dict[str, list[str]] = {name: [] for name in pending}
+    for name, others in waits_on.items():
+        for other in others:
+            unlocks[other].append(name)
+    heap = sorted(name for name, others in waits_on.items() if not others)
+    order: list[str] = []
+    while heap:
+        name = heapq.heappop(heap)
+        order.append(name)
+        for later in unlocks[name]:
+            waits_on[later].discard(name)
+            if not waits_on[later]:
+                heapq.heappush(heap, later)
+    return order + sorted(pending - set(order))
+
+
+def _requires(desired: Desired, name: str) -> list[str]:
+    entry = desired.units.get(name)
+    return list(entry.unit.depends.requires) if entry is not None else []
+
+
+def dependency_order(desired: Desired, names: Iterable[str]) -> list[str]:
+    """``names`` with every unit after the units it requires."""
+    return _ordered(names, lambda name: _requires(desired, name))
+
+
+def shutdown_plan(desired: Desired, observed: Observed) -> list[Stop]:
+    """Stop every live container, dependents before the units they require."""
+    live = set(observed.containers)
+    dependents: dict[str, set[str]] = {name: set() for name in live}
+    for name in live:
+        for required in _requires(desired, name):
+            if required in dependents:
+                dependents[required].add(name)
+    return [
+        Stop(unit=name, why="shutdown", reason="quay is stopping its containers")
+        for name in _ordered(live, lambda name: dependents[name])
+    ]
+
+
+# --- the plan ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Decision:
+    status: UnitStatus
+    action: Action | None = None
+    wake_at: float | None = None
+
+
+def plan(desired: Desired, observed: Observed, now: float) -> Plan:
+    """The next action of each unit (at most one), every unit's status, and when to look again."""
+    names = set(desired.units) | set(observed.containers) | observed.leftovers
+    names |= set(desired.invalid) | set(observed.busy)  # busy: in-flight work shows too
+    decisions: dict[str, _Decision] = {}
+    for name in dependency_order(desired, names):
+        decisions[name] = _decide(name, desired, observed, now, decisions)
+    ordered = sorted(decisions)
+    deadlines = [d.wake_at for d in decisions.values() if d.wake_at is not None]
+    return Plan(
+        actions=tuple(a for n in ordered if (a := decisions[n].action) is not None),
+        statuses={name: decisions[name].status for name in ordered},
+        wake_at=min(deadlines, default=None),
+    )
+
+
+def _decide(
+    name: str,
+    desired: Desired,
+    observed: Observed,
+    now: float,
+    decided: Mapping[str, _Decision],
+) -> _Decision:
+    entry = desired.units.get(name)
+    findings = entry.findings if entry is not None else desired.invalid.get(name, ())
+    busy = observed.busy.get(name)
+    if busy is not None:
+        return _Decision(
+            _status(name, _BUSY_STATES[busy], f"{busy} (in progress)", findings=findings)
+        )
+    if entry is None:
+        return _undesired(name, desired, observed)
+    container = observed.containers.get(name)
+    if container is not None:
+        decision = _live(entry, container, now)
+    else:
+        decision = _not_running(entry, desired, observed, now, decided)
+    return _with_findings(decision, entry.findings)
+
+
+def _status(
+    name: str,
+    state: State,
+    detail: str = "",
+    *,
+    next_attempt: float | None = None,
+    findings: tuple[str, ...] = (),
+    ready: bool = False,
+) -> UnitStatus:
+    return UnitStatus(name, state, detail, next_attempt, findings, ready)
+
+
+def _with_findings(decision: _Decision, findings: tuple[str, ...]) -> _Decision:
+    if not findings:
+        return decision
+    note = f"the file has {len(findings)} error(s); using its last good version"
+    detail = "; ".join(part for part in (decision.status.detail, note) if part)
+    return replace(decision, status=replace(decision.status, detail=detail, findings=findings))
+
+
+# file invalid (no last good) or removed ---------------------------------------------------------
+
+
+def _undesired(name: str, desired: Desired, observed: Observed) -> _Decision:
+    findings = desired.invalid.get(name)
+    if findings is not None:  # the file exists but is invalid: touch nothing
+        detail = "the file is invalid and has no last good version"
+        if name in observed.containers:
+            detail += "; its running container is left alone (quay never stops on bad input)"
+        return _Decision(_status(name, "invalid", detail, findings=findings))
+    if name in observed.containers:
+        reason = "unit file removed: stopping its container"
+        return _Decision(_status(name, "stopping", reason), Stop(name, reason, "remove"))
+    reason = "unit file removed: removing what it left (network attachment, lease, directory)"
+    return _Decision(_status(name, "removing", reason), Remove(name, reason))
+
+
+# a live container -----------------------------------------------------------------------------
+
+
+def _live(entry: DesiredUnit, container: Container, now: float) -> _Decision:
+    name, unit = entry.name, entry.unit
+    if container.hash != entry.hash:
+        return _stop(name, "replace", "unit changed: replacing the container")
+    deadline = container.started_at + unit.ready.timeout.total_seconds()
+    if not container.ready and now >= deadline:
+        return _stop(name, "failure", f"not ready within {format_seconds(_timeout(unit))}")
+    if container.unhealthy and unit.health.on_unhealthy == "restart":
+        return _stop(name, "failure", "unhealthy (its health check keeps failing): restarting")
+    parts = ["unhealthy"] if container.unhealthy else []
+    if container.status_text:
+        parts.append(container.status_text)
+    if container.ready:
+        return _Decision(_status(name, "running", "; ".join(parts), ready=True))
+    waiting = f"not ready yet ({unit.ready.mode}); fails in {_countdown(deadline - now)}"
+    detail = "; ".join([waiting, *parts])
+    return _Decision(_status(name, "starting", detail), wake_at=deadline)
+
+
+def _timeout(unit: Unit) -> float:
+    return unit.ready.timeout.total_seconds()
+
+
+def _stop(name: str, why: Literal["replace", "failure"], reason: str) -> _Decision:
+    return _Decision(_status(name, "stopping", reason), Stop(name, reason, why))
+
+
+# no live container ------------------------------------------------------------------------------
+
+
+def _not_running(
+    entry: DesiredUnit,
+    desired: Desired,
+    observed: Observed,
+    now: float,
+    decided: Mapping[str, _Decision],
+) -> _Decision:
+    history = observed.history.get(entry.name)
+    last = history.last_exit if history is not None else None
+    restarts = history.restarts if history is not None else 0
+    why = _start_reason(entry, last)
+    if last is not None and last.hash == entry.hash and last.stopped_for not in _FRESH:
+        held = _restart_hold(entry, last, restarts, now)
+        if held is not None:
+            return held
+        why = f"restarting ({describe_exit(last)})"
+    image = observed.images.get(entry.name, ImageState())
+    image_step = _image_step(entry, image, last, now)
+    if image_step is not None:
+        return image_step
+    unmet = _unmet_dependency(entry, desired, decided)
+    if unmet is not None:
+        return _Decision(_status(entry.name, "waiting", unmet))
+    if not _pull_wanted(entry, image, last) or not image.error:
+        reason = why
+    else:
+        reason = f"{why}, with the stored image (the registry check failed: {image.error})"
+    return _Decision(_status(entry.name, "starting", reason), Start(entry.name, entry.hash, reason))
+
+
+# Exits after which the unit starts as new, outside the restart policy.
+_FRESH = ("replace", "remove")
+
+
+def _start_reason(entry: DesiredUnit, last: Exit | None) -> str:
+    if last is None:
+        return "new unit: starting"
+    if last.stopped_for == "remove":
+        return "unit file added again: starting"
+    if last.hash != entry.hash or last.stopped_for == "replace":
+        return "unit changed: starting the new version"
+    return "starting"
+
+
+def _restart_hold(entry: DesiredUnit, last: Exit, restarts: int, now: float) -> _Decision | None:
+    """The status when the restart policy or the backoff holds the unit; None: start it."""
+    name, restart = entry.name, entry.unit.restart
+    ended = describe_exit(last)
+    if last.stopped_for == "shutdown":
+        return _Decision(_status(name, "exited", f"{ended}; starts again when quayd starts"))
+    if restart.policy == "no" or (restart.policy == "on-failure" and not is_failure(last)):
+        detail = f"{ended}; not restarted (policy {restart.policy})"
+        return _Decision(_status(name, "exited", detail))
+    due = last.at + backoff_delay(restart, restarts)
+    if now >= due:
+        return None
+    detail = f"{ended}; restarting in {_countdown(due - now)}"
+    return _Decision(_status(name, "backoff", detail, next_attempt=due), wake_at=due)
+
+
+def _pull_wanted(entry: DesiredUnit, image: ImageState, last: Exit | None) -> bool:
+    """Whether this (re)start should pull first: the image is missing, or ``pull = "always"``
+    and the registry was not checked since the last exit (nor ever)."""
+    if not image.present:
+        return True
+    unit = entry.unit
+    if unit.image.pull != "always" or unit.container.image_reference.digest is not None:
+        return False
+    if image.checked_at is None:
+        return True
+    return last is not None and image.checked_at < last.at
+
+
+def _image_step(
+    entry: DesiredUnit, image: ImageState, last: Exit | None, now: float
+) -> _Decision | None:
+    """The status (and Pull) while the image holds the start back; None: go on."""
+    name, reference = entry.name, str(entry.unit.container.image)
+    if image.pulling:
+        return _Decision(_status(name, "pulling", f"pulling {reference}"))
+    if not _pull_wanted(entry, image, last):
+        return None
+    retry_later = image.error is not None and image.retry_at is not None and image.retry_at > now
+    if retry_later and image.present:
+        return None  # the check failed: start with the stored image
+    if retry_later:
+        assert image.retry_at is not None
+        detail = (
+            f"pulling {reference} failed: {image.error}; "
+            f"retrying in {_countdown(image.retry_at - now)}"
+        )
+        status = _status(name, "waiting", detail, next_attempt=image.retry_at)
+        return _Decision(status, wake_at=image.retry_at)
+    reason = _pull_reason(image, reference)
+    return _Decision(_status(name, "pulling", reason), Pull(name, reference, reason))
+
+
+def _pull_reason(image: ImageState, reference: str) -> str:
+    if image.error is not None:
+        return f"retrying the pull of {reference} (it failed: {image.error})"
+    if not image.present:
+        return f"image {reference} is not stored: pulling it"
+    return f'pull = "always": checking the registry for a new {reference} before starting'
+
+
+def _unmet_dependency(
+    entry: DesiredUnit, desired: Desired, decided: Mapping[str, _Decision]
+) -> str | None:
+    """Why the unit cannot start yet because of a unit it requires; None: it can."""
+    for required in entry.unit.depends.requires:
+        if required not in desired.units:
+            if required in desired.invalid:
+                return f"waiting for {required}, which is invalid"
+            return f"waiting for {required}, which does not exist"
+        decision = decided.get(required)
+        if decision is None or not decision.status.ready:
+            return f"waiting for {required} to be ready"
+    return None
