@@ -33,7 +33,7 @@ State table, per unit (first matching row wins; the action, then the ``[state]``
 A container that ends goes from ``[running]``/``[starting]`` to an exit the executor records
 (:func:`record_exit`); the next pass takes the "no container" rows.
 
-Choices (where the brief and ``docs/units.md`` are silent, what systemd/Docker/kubelet do):
+Choices (where ``docs/units.md`` is silent: what systemd, Docker or the kubelet would do):
 
 * **Which exits the restart policy decides.** Only exits the container made by itself and
   quay's ``failure`` stops (not ready in time, unhealthy). A container stopped because its unit
@@ -333,11 +333,12 @@ def _live(entry: DesiredUnit, container: Container, now: float) -> _Decision:
     name, unit = entry.name, entry.unit
     if container.hash != entry.hash:
         return _stop(name, "replace", "unit changed: replacing the container")
-    deadline = container.started_at + unit.ready.timeout.total_seconds()
+    timeout = unit.ready.timeout.total_seconds()
+    deadline = container.started_at + timeout
     if not container.ready and now >= deadline:
-        return _stop(name, "failure", f"not ready within {format_seconds(_timeout(unit))}")
+        return _stop(name, "failure", f"not ready within {format_seconds(timeout)}")
     if container.unhealthy and unit.health.on_unhealthy == "restart":
-        return _stop(name, "failure", "unhealthy (its health check keeps failing): restarting")
+        return _stop(name, "failure", "unhealthy (its health check keeps failing)")
     parts = ["unhealthy"] if container.unhealthy else []
     if container.status_text:
         parts.append(container.status_text)
@@ -346,10 +347,6 @@ def _live(entry: DesiredUnit, container: Container, now: float) -> _Decision:
     waiting = f"not ready yet ({unit.ready.mode}); fails in {_countdown(deadline - now)}"
     detail = "; ".join([waiting, *parts])
     return _Decision(_status(name, "starting", detail), wake_at=deadline)
-
-
-def _timeout(unit: Unit) -> float:
-    return unit.ready.timeout.total_seconds()
 
 
 def _stop(name: str, why: Literal["replace", "failure"], reason: str) -> _Decision:

@@ -1005,3 +1005,44 @@ def test_property_one_action_per_unit_and_no_stop_on_bad_input(
     if attempts:
         assert result.wake_at is not None
         assert result.wake_at <= min(attempts)
+
+
+# --- scenarios across passes, the executor's part played by hand --------------------------------
+
+
+def test_scenario_new_unit_pull_then_start_then_running() -> None:
+    units = desired(WEB)
+    assert actions(plan(units, seen(), NOW)) == [("pull", "web", "busybox:1.36")]
+    assert states(plan(units, seen(busy={"web": "pulling"}), NOW)) == {"web": "pulling"}
+    pulled = ImageState(present=True, checked_at=NOW + 1)
+    assert actions(plan(units, seen(images={"web": pulled}), NOW + 1)) == [("start", "web", "h1")]
+    started = seen(live("web", started_at=NOW + 2, ready=False), images={"web": pulled})
+    assert states(plan(units, started, NOW + 2)) == {"web": "starting"}
+    ready = seen(live("web", started_at=NOW + 2), images={"web": pulled})
+    assert plan(units, ready, NOW + 3).actions == ()
+    assert status(plan(units, ready, NOW + 3), "web").ready
+
+
+def test_scenario_changed_unit_stop_replace_then_start_the_new_hash() -> None:
+    changed = desired(want("web", "h2", image={"pull": "always"}))
+    old = live("web", "h1", started_at=0.0)
+    image = ImageState(present=True, checked_at=0.0)
+    assert actions(plan(changed, seen(old, images={"web": image}), NOW)) == [
+        ("stop", "web", "replace")
+    ]
+    exit = ended("h1", at=NOW + 1, started_at=0.0, code=0, stopped_for="replace")
+    history = {"web": record_exit(None, exit, changed.units["web"].unit)}
+    after = seen(images={"web": image}, history=history)
+    # pull = "always": a new version checks the registry first, then starts without backoff
+    assert actions(plan(changed, after, NOW + 1)) == [("pull", "web", "busybox:1.36")]
+    checked = seen(images={"web": ImageState(present=True, checked_at=NOW + 2)}, history=history)
+    result = plan(changed, checked, NOW + 2)
+    assert actions(result) == [("start", "web", "h2")]
+    assert result.actions[0].reason == "unit changed: starting the new version"
+
+
+def test_scenario_removed_unit_stop_then_remove_then_gone() -> None:
+    assert actions(plan(desired(), seen(live("web")), NOW)) == [("stop", "web", "remove")]
+    left = seen(leftovers=frozenset({"web"}))
+    assert actions(plan(desired(), left, NOW + 1)) == [("remove", "web")]
+    assert plan(desired(), seen(), NOW + 2) == Plan(actions=(), statuses={}, wake_at=None)
