@@ -1,13 +1,14 @@
-"""quayd: the agent. The reconciling loop arrives with the agent issue; today it checks its inputs.
+"""quayd: the agent. ``quayd`` runs it; ``quayd --check`` only checks its inputs.
 
 ``quayd --check`` loads the settings and the whole config directory and reports what it finds,
-exactly as the agent will read them. Running the agent itself is refused with a clear message
-instead of pretending to work.
+exactly as the agent reads them, and exits (0 when all is valid). Without it the agent starts
+(quayd/agent/agent.py): invalid units are reported and the valid ones run.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +23,9 @@ from quayd.cli.common import (
 )
 from quayd.units.directory import load_directory
 from quayd.units.findings import QuayConfigError
+from quayd.units.settings import Settings
 
-EXIT_NOT_BUILT = 3
+EXIT_AGENT_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,12 +60,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stdout if snapshot.valid else sys.stderr,
         )
         return EXIT_OK if snapshot.valid else EXIT_INVALID
-    print(
-        "quayd: the reconciling agent is not built yet (it arrives with the agent issue); "
-        "use `quayd --check` or `quayctl validate` to check units today",
-        file=sys.stderr,
-    )
-    return EXIT_NOT_BUILT
+    return run_agent(settings)
+
+
+def run_agent(settings: Settings) -> int:
+    # Imported here: `quayd --check` needs none of the agent's machinery.
+    from quayd.agent.agent import Agent, AgentError  # noqa: PLC0415
+    from quayd.agent.logs import configure  # noqa: PLC0415
+
+    configure(settings.log_level)
+    try:
+        return asyncio.run(Agent(settings).run())
+    except AgentError as error:
+        print(f"quayd: {error}", file=sys.stderr)
+        return EXIT_AGENT_FAILED
 
 
 if __name__ == "__main__":

@@ -234,14 +234,6 @@ def test_quayd_check(capsys: pytest.CaptureFixture[str], settings: Path, tmp_pat
     assert "resources.memory" in capsys.readouterr().err
 
 
-def test_quayd_says_plainly_that_the_agent_is_not_built_yet(
-    capsys: pytest.CaptureFixture[str], settings: Path
-) -> None:
-    code = quayd_main.main(["--config", str(settings), "--config-dir", str(EXAMPLES)])
-    assert code == quayd_main.EXIT_NOT_BUILT
-    assert "not built yet" in capsys.readouterr().err
-
-
 def test_help_texts_name_the_global_options(capsys: pytest.CaptureFixture[str]) -> None:
     for main in (quayctl.main, quayd_main.main):
         with pytest.raises(SystemExit) as caught:

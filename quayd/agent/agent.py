@@ -1,0 +1,823 @@
+"""quayd's loop: level-triggered passes over the config directory and the live system.
+
+One asyncio loop owns all state. A **pass** loads the config directory, builds *desired* (with
+each unit's last good version), builds *observed* from the live containers it tracks, the image
+store and its memory (restart counts, pulls in flight), calls the pure planner, and starts a task
+per action. Work is serialised per unit (a unit with a task in flight is "busy" and gets no new
+action) and concurrent across units (a slow pull never delays another unit's restart).
+
+Events only **wake** the loop: file changes (watchdog; a burst of edits is coalesced for a few
+tens of milliseconds), container exits (pidfds, through one :class:`ExitWatcher` on the loop),
+readiness and STATUS messages (notify sockets on the loop), health verdicts, finished actions,
+and timers (the planner's ``wake_at``). A full pass also runs every :data:`RESYNC_SECONDS`.
+
+Under systemd (``Type=notify``): ``READY=1`` once the API socket listens and the first pass has
+been planned and its actions started; ``STATUS=`` with counts after each pass; ``WATCHDOG=1``
+from the loop itself (so a hung loop is caught); ``RELOADING=1`` on SIGHUP; ``STOPPING=1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sdnotify
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from quayd import __version__
+from quayd.agent.api import ApiServer
+from quayd.agent.logs import logger
+from quayd.images.registry import RegistryClient
+from quayd.images.store import Store
+from quayd.isolation.container import KILL_TIMEOUT, OomEvents
+from quayd.isolation.notify import NotifySocket
+from quayd.isolation.runtime import Exit as RuntimeExit
+from quayd.isolation.runtime import ExitWatcher, become_subreaper
+from quayd.isolation.seccomp import load_default_profile
+from quayd.net import netns
+from quayd.net.network import Network
+from quayd.reconcile.executor import Executor, ExecutorError, Launched
+from quayd.reconcile.health import HealthSpec, HealthState, ImageHealthcheck, health_spec, judge
+from quayd.reconcile.model import (
+    Action,
+    Busy,
+    Container,
+    Desired,
+    DesiredUnit,
+    Exit,
+    History,
+    ImageState,
+    Observed,
+    Plan,
+    Pull,
+    Remove,
+    Start,
+    Stop,
+    UnitStatus,
+)
+from quayd.reconcile.plan import plan, pull_backoff, record_exit, shutdown_plan
+from quayd.reconcile.records import ContainerRecord, unit_hash
+from quayd.units.directory import ConfigSnapshot, load_directory
+from quayd.units.findings import QuayConfigError
+from quayd.units.model import Unit
+from quayd.units.settings import Settings
+
+RESYNC_SECONDS = 30.0
+COALESCE_SECONDS = 0.03
+COALESCE_MAX_SECONDS = 0.3
+TCP_PROBE_INTERVAL = 0.1
+HANG_HOOK_ENV = "QUAYD_TEST_HANG_FILE"
+"""Test-only: when this file exists at the start of a pass, it is removed and the loop blocks
+(the watchdog test). Unset in production: nothing looks at any file then."""
+
+log = logger("quayd")
+
+
+class AgentError(Exception):
+    """The agent cannot start (another one runs, the state dir is unusable, ...)."""
+
+
+@dataclass
+class Live:
+    """A container this agent tracks (started by it, or adopted)."""
+
+    name: str
+    pid: int
+    record: ContainerRecord
+    oom_events: OomEvents | None = None
+    ready_at: float | None = None
+    health: HealthState = field(default_factory=HealthState)
+    status_text: str | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    notify: NotifySocket | None = None
+    exited: asyncio.Future[RuntimeExit] | None = None
+
+    def observed(self) -> Container:
+        return Container(
+            name=self.name,
+            hash=self.record.hash,
+            started_at=self.record.started_at,
+            pid=self.pid,
+            ready=self.ready_at is not None,
+            ready_at=self.ready_at,
+            unhealthy=self.health.unhealthy,
+            status_text=self.status_text,
+        )
+
+
+@dataclass
+class PullState:
+    pulling: bool = False
+    checked_at: float | None = None
+    error: str | None = None
+    failures: int = 0
+    retry_at: float | None = None
+
+    def observed(self, present: bool) -> ImageState:
+        return ImageState(
+            present=present,
+            pulling=self.pulling,
+            checked_at=self.checked_at,
+            error=self.error,
+            retry_at=self.retry_at,
+        )
+
+
+class Agent:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.config_dir = Path(settings.config_dir)
+        self.state_dir = Path(settings.state_dir)
+        self.run_dir = Path(settings.run_dir)
+        self.live: dict[str, Live] = {}
+        self.history: dict[str, History] = {}
+        self.pulls: dict[str, PullState] = {}
+        self.busy: dict[str, Busy] = {}
+        self.errors: dict[str, str] = {}
+        self.last_good: dict[str, tuple[Unit, str]] = {}
+        self.plan: Plan = Plan(actions=(), statuses={})
+        self.desired: Desired = Desired(units={})
+        self.passes = 0
+        self.last_pass_at: float | None = None
+        self.started_at = clock()
+        self.notifier = sdnotify.SystemdNotifier()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock_fd: int | None = None
+        self._stopping = False
+        self._reloading = False
+        self._wake: asyncio.Event | None = None
+        self._file_event_at: float | None = None
+        self._by_pid: dict[int, str] = {}
+
+    # --- start-up ---------------------------------------------------------------------------
+
+    def acquire_lock(self) -> None:
+        """One agent per state dir: a second one is refused, naming the first."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.state_dir / "quayd.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AgentError(
+                f"another quayd (pid {holder}) is running on {self.state_dir}; stop it first "
+                "(systemctl stop quayd) or give this one another --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _setup(self) -> None:
+        become_subreaper()
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        profile = load_default_profile()
+        if profile is None:
+            log.warning(
+                "no seccomp profile: containers run without a syscall filter",
+                path="/usr/share/containers/seccomp.json",
+                fix="apt-get install golang-github-containers-common",
+            )
+        self.store = Store.for_settings(self.settings)
+        self.registry = RegistryClient(self.settings.registries)
+        self.network = Network(
+            self.settings.network, state_dir=self.state_dir, run_dir=self.run_dir
+        )
+        for change in self.network.setup_host():
+            log.info("network", change=change)
+        self.executor = Executor(
+            self.settings,
+            store=self.store,
+            registry=self.registry,
+            network=self.network,
+            seccomp_profile=profile,
+        )
+        self.watcher = ExitWatcher()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self.acquire_lock()
+        await asyncio.to_thread(self._setup)
+        loop.add_reader(self.watcher.fileno(), self._on_exits)
+        await self._adopt()
+        await self._cleanup_leftovers()
+        api = ApiServer(
+            self.run_dir / "quayd.sock",
+            {"status": self._api_status, "plan": self._api_plan},
+            read_only={"status", "plan"},
+        )
+        await api.start()
+        observer = self._watch_config_dir()
+        for sig, handler in (
+            (signal.SIGTERM, self._on_stop),
+            (signal.SIGINT, self._on_stop),
+            (signal.SIGHUP, self._on_reload),
+        ):
+            loop.add_signal_handler(sig, handler)
+        try:
+            await self._pass()
+            self.notifier.notify("READY=1\nSTATUS=" + self._status_line())
+            log.info("agent ready", units=len(self.desired.units), containers=len(self.live))
+            await self._loop()
+        finally:
+            self.notifier.notify("STOPPING=1")
+            observer.stop()
+            await api.close()
+            if self.settings.stop_containers_on_exit:
+                await self._stop_everything()
+            for task in list(self._tasks):
+                task.cancel()
+            for live in self.live.values():
+                self._close_probes(live)
+            loop.remove_reader(self.watcher.fileno())
+            self.registry.close()
+            log.info("stopped", containers_left_running=len(self.live))
+        return 0
+
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        watchdog_every = _watchdog_interval()
+        while not self._stopping:
+            timeout = RESYNC_SECONDS
+            if self.plan.wake_at is not None:
+                timeout = min(timeout, max(0.0, self.plan.wake_at - self.clock()) + 0.01)
+            if watchdog_every is not None:
+                timeout = min(timeout, watchdog_every)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            await self._coalesce()
+            if self._stopping:
+                break
+            if self._reloading:
+                self.notifier.notify("RELOADING=1")
+            await self._pass()
+            if self._reloading:
+                self._reloading = False
+                self.notifier.notify("READY=1")
+            self.notifier.notify("WATCHDOG=1\nSTATUS=" + self._status_line())
+
+    async def _coalesce(self) -> None:
+        """After a file event, wait until the directory is quiet (Ansible writing 30 files)."""
+        assert self._wake is not None
+        first = self._file_event_at
+        while first is not None:
+            quiet_for = self.clock() - (self._file_event_at or first)
+            if quiet_for >= COALESCE_SECONDS or self.clock() - first >= COALESCE_MAX_SECONDS:
+                break
+            await asyncio.sleep(COALESCE_SECONDS - quiet_for)
+        self._file_event_at = None
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_stop(self) -> None:
+        self._stopping = True
+        self.wake()
+
+    def _on_reload(self) -> None:
+        self._reloading = True
+        self.wake()
+
+    def _watch_config_dir(self) -> Any:
+        loop = asyncio.get_running_loop()
+        agent = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                loop.call_soon_threadsafe(agent._on_file_event)
+
+        observer = Observer()
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        observer.schedule(Handler(), str(self.config_dir), recursive=True)
+        observer.daemon = True
+        observer.start()
+        return observer
+
+    def _on_file_event(self) -> None:
+        self._file_event_at = self.clock()
+        self.wake()
+
+    # --- one pass ---------------------------------------------------------------------------
+
+    async def _pass(self) -> None:
+        hang = os.environ.get(HANG_HOOK_ENV)
+        if hang and Path(hang).exists():
+            Path(hang).unlink()  # one hang per touch: the restarted agent must come up
+            log.warning("test hook: hanging the loop", file=hang)
+            time.sleep(3600)  # blocks the loop on purpose: the watchdog must catch it
+        try:
+            snapshot = await asyncio.to_thread(load_directory, self.config_dir)
+        except QuayConfigError as error:
+            log.error("config directory unreadable", error=str(error))
+            return
+        self.desired = self._desired(snapshot)
+        now = self.clock()
+        self.plan = plan(self.desired, self._observed(), now)
+        self.passes += 1
+        self.last_pass_at = now
+        for action in self.plan.actions:
+            log.info(
+                "action", kind=type(action).__name__.lower(), unit=action.unit, reason=action.reason
+            )
+            self._dispatch(action)
+
+    def _desired(self, snapshot: ConfigSnapshot) -> Desired:
+        units: dict[str, DesiredUnit] = {}
+        invalid: dict[str, tuple[str, ...]] = {}
+        for name, loaded in snapshot.units.items():
+            digest = None
+            if loaded.unit.image.pull == "always":
+                record = self.executor.image(loaded.unit)
+                digest = record.manifest_digest if record is not None else None
+            digest_hash = unit_hash(loaded.unit, digest)
+            self.last_good[name] = (loaded.unit, digest_hash)
+            units[name] = DesiredUnit(name=name, unit=loaded.unit, hash=digest_hash)
+        for name, bad in snapshot.invalid.items():
+            findings = tuple(str(finding) for finding in bad.findings if finding.is_error)
+            good = self.last_good.get(name)
+            if good is None and name in self.live:
+                good = (self.live[name].record.unit, self.live[name].record.hash)
+            if good is None:
+                invalid[name] = findings
+            else:
+                units[name] = DesiredUnit(name=name, unit=good[0], hash=good[1], findings=findings)
+            if findings and self.errors.get(f"invalid:{name}") != findings[0]:
+                self.errors[f"invalid:{name}"] = findings[0]
+                log.error("invalid unit file", unit=name, findings=list(findings))
+        for name in list(self.last_good):
+            if name not in units and name not in invalid:
+                del self.last_good[name]
+        return Desired(units=units, invalid=invalid)
+
+    def _observed(self) -> Observed:
+        images = {
+            name: self.pulls.get(name, PullState()).observed(
+                self.executor.image(desired.unit) is not None
+            )
+            for name, desired in self.desired.units.items()
+        }
+        return Observed(
+            containers={name: live.observed() for name, live in self.live.items()},
+            images=images,
+            history=dict(self.history),
+            busy=dict(self.busy),
+            leftovers=frozenset(self._leftovers()),
+        )
+
+    def _leftovers(self) -> set[str]:
+        known = set(self.desired.units) | set(self.desired.invalid) | set(self.live)
+        found: set[str] = set()
+        containers = self.state_dir / "containers"
+        if containers.is_dir():
+            found |= {path.name for path in containers.iterdir()}
+        found |= {lease.unit for lease in self.network.lease_file.load()}
+        return found - known
+
+    def _dispatch(self, action: Action) -> None:
+        kinds: dict[type, Busy] = {
+            Pull: "pulling",
+            Start: "starting",
+            Stop: "stopping",
+            Remove: "removing",
+        }
+        self.busy[action.unit] = kinds[type(action)]
+        task = asyncio.create_task(self._perform(action))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _perform(self, action: Action) -> None:
+        name = action.unit
+        try:
+            if isinstance(action, Pull):
+                await self._pull(name)
+            elif isinstance(action, Start):
+                await self._start(name, action.hash)
+            elif isinstance(action, Stop):
+                await self._stop(name, action.why)
+            else:
+                await asyncio.to_thread(self.executor.release, name, self._all_units())
+                self.history.pop(name, None)
+                self.pulls.pop(name, None)
+                log.info("removed", unit=name)
+        except Exception as error:  # reported in status; the planner decides what next
+            self.errors[name] = str(error)
+            log.error("action failed", unit=name, action=type(action).__name__, error=str(error))
+        finally:
+            self.busy.pop(name, None)
+            self.wake()
+
+    def _all_units(self) -> dict[str, Unit]:
+        return {name: desired.unit for name, desired in self.desired.units.items()}
+
+    # --- actions ----------------------------------------------------------------------------
+
+    async def _pull(self, name: str) -> None:
+        unit = self.desired.units[name].unit
+        state = self.pulls.setdefault(name, PullState())
+        state.pulling = True
+        try:
+            record = await asyncio.to_thread(self.executor.pull, unit)
+        except ExecutorError as error:
+            state.failures += 1
+            state.error = str(error)
+            state.retry_at = self.clock() + pull_backoff(state.failures)
+            log.warning("pull failed", unit=name, error=str(error), retry_at=state.retry_at)
+            return
+        finally:
+            state.pulling = False
+        state.checked_at = self.clock()
+        state.error = None
+        state.failures = 0
+        state.retry_at = None
+        log.info("pulled", unit=name, image=record.reference, digest=record.manifest_digest)
+
+    async def _start(self, name: str, wanted_hash: str) -> None:
+        desired = self.desired.units[name]
+        unit = desired.unit
+        notify = None
+        if unit.ready.mode == "notify":
+            notify = NotifySocket(self.executor.notify_dir(name))
+        started_at = self.clock()
+        try:
+            launched = await asyncio.to_thread(
+                self.executor.start, name, unit, wanted_hash, self._all_units()
+            )
+        except Exception as error:
+            if notify is not None:
+                notify.close()
+            self.history[name] = record_exit(
+                self.history.get(name),
+                Exit(
+                    at=self.clock(),
+                    hash=wanted_hash,
+                    started_at=started_at,
+                    ready=False,
+                    stopped_for="failure",
+                ),
+                unit,
+            )
+            raise ExecutorError(f"cannot start: {error}") from error
+        self.errors.pop(name, None)
+        self._track(name, launched, notify=notify)
+        log.info("started", unit=name, pid=launched.pid, hash=wanted_hash)
+
+    def _track(self, name: str, launched: Launched, *, notify: NotifySocket | None) -> None:
+        live = Live(
+            name=name,
+            pid=launched.pid,
+            record=launched.record,
+            oom_events=launched.oom_events,
+            ready_at=launched.record.ready_at,
+            notify=notify,
+        )
+        self.live[name] = live
+        self._by_pid[live.pid] = name
+        self.watcher.watch(live.pid)
+        self._arm_probes(live)
+        if live.ready_at is None and live.record.unit.ready.mode == "started":
+            self._ready(live)
+
+    async def _stop(self, name: str, why: Any) -> None:
+        live = self.live.get(name)
+        if live is None:
+            return
+        unit = live.record.unit
+        loop = asyncio.get_running_loop()
+        live.exited = loop.create_future()
+        signal_name = await asyncio.to_thread(self.executor.stop_signal, unit)
+        timeout = unit.container.stop_timeout.total_seconds()
+        killed = False
+        await asyncio.to_thread(self.executor.signal, name, signal_name)
+        ended = await _wait(live.exited, timeout)
+        if ended is None:
+            killed = True
+            await asyncio.to_thread(self.executor.signal, name, "SIGKILL")
+            ended = await _wait(live.exited, KILL_TIMEOUT)
+        await self._ended(live, ended, killed=killed, stopped_for=why)
+
+    def _on_exits(self) -> None:
+        for ended in self.watcher.collect(0):
+            name = self._by_pid.pop(ended.pid, None)
+            live = self.live.get(name) if name is not None else None
+            if live is None:
+                continue
+            if live.exited is not None and not live.exited.done():
+                live.exited.set_result(ended)  # a stop is waiting for it
+                continue
+            self.busy[live.name] = "stopping"
+            task = asyncio.create_task(self._ended_by_itself(live, ended))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _ended_by_itself(self, live: Live, ended: RuntimeExit) -> None:
+        try:
+            await self._ended(live, ended, killed=False, stopped_for=None)
+        finally:
+            self.busy.pop(live.name, None)
+            self.wake()
+
+    async def _ended(
+        self, live: Live, ended: RuntimeExit | None, *, killed: bool, stopped_for: Any
+    ) -> None:
+        self._close_probes(live)
+        result = await asyncio.to_thread(
+            self.executor.finish, live.name, ended, killed=killed, events=live.oom_events
+        )
+        if live.oom_events is not None:
+            live.oom_events.close()
+        self.live.pop(live.name, None)
+        self._by_pid.pop(live.pid, None)
+        exit_ = Exit(
+            at=self.clock(),
+            hash=live.record.hash,
+            started_at=live.record.started_at,
+            code=result.code,
+            signal=result.signal,
+            oom=result.oom,
+            ready=live.ready_at is not None,
+            stopped_for=stopped_for,
+        )
+        self.history[live.name] = record_exit(self.history.get(live.name), exit_, live.record.unit)
+        log.info(
+            "ended",
+            unit=live.name,
+            code=result.code,
+            signal=result.signal,
+            oom=result.oom,
+            killed=killed,
+            stopped_for=stopped_for,
+        )
+
+    # --- readiness and health ---------------------------------------------------------------
+
+    def _ready(self, live: Live) -> None:
+        if live.ready_at is not None:
+            return
+        live.ready_at = self.clock()
+        log.info("ready", unit=live.name)
+        task = asyncio.create_task(self._persist_ready(live.name, live.ready_at))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self.wake()
+
+    async def _persist_ready(self, name: str, at: float) -> None:
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.executor.mark_ready, name, at)
+
+    def _arm_probes(self, live: Live) -> None:
+        unit = live.record.unit
+        loop = asyncio.get_running_loop()
+        if live.notify is None and unit.ready.mode == "notify":
+            live.notify = NotifySocket(self.executor.notify_dir(live.name))
+        if live.notify is not None:
+            notify = live.notify
+            loop.add_reader(notify.fileno(), self._on_notify, live, notify)
+        if unit.ready.mode == "tcp" and live.ready_at is None and unit.ready.port is not None:
+            live.tasks.append(asyncio.create_task(self._probe_tcp(live, unit.ready.port)))
+        spec = health_spec(unit, self._image_health(unit))
+        if spec is not None:
+            live.tasks.append(asyncio.create_task(self._probe_health(live, spec)))
+
+    def _image_health(self, unit: Unit) -> ImageHealthcheck | None:
+        record = self.executor.image(unit)
+        if record is None:
+            return None
+        check = self.store.image_config(record).healthcheck
+        if check is None:
+            return None
+
+        def seconds(value: Any) -> float | None:
+            return None if value is None else float(value.total_seconds())
+
+        return ImageHealthcheck(
+            test=check.test,
+            interval=seconds(check.interval),
+            timeout=seconds(check.timeout),
+            start_period=seconds(check.start_period),
+            retries=check.retries,
+        )
+
+    def _on_notify(self, live: Live, notify: NotifySocket) -> None:
+        for message in notify.receive():
+            if message.status is not None:
+                live.status_text = message.status
+            if message.ready:
+                self._ready(live)
+        self.wake()
+
+    async def _probe_tcp(self, live: Live, port: int) -> None:
+        path = Path(f"/proc/{live.pid}/ns/net")
+        while live.ready_at is None:
+            if await asyncio.to_thread(_accepts, path, port):
+                self._ready(live)
+                return
+            await asyncio.sleep(TCP_PROBE_INTERVAL)
+
+    async def _probe_health(self, live: Live, spec: HealthSpec) -> None:
+        while True:
+            await asyncio.sleep(spec.interval)
+            passed = await asyncio.to_thread(self._run_check, live.name, spec)
+            before = live.health
+            live.health = judge(
+                before,
+                passed=passed,
+                spec=spec,
+                since_start=self.clock() - live.record.started_at,
+            )
+            if live.health.unhealthy and not before.unhealthy:
+                log.warning("unhealthy", unit=live.name, failures=live.health.failures)
+            if passed and live.record.unit.ready.mode == "healthy":
+                self._ready(live)
+            if live.health != before:
+                self.wake()
+
+    def _run_check(self, name: str, spec: HealthSpec) -> bool:
+        try:
+            done = self.executor.runtime.exec(name, list(spec.argv), timeout=spec.timeout)
+        except Exception:  # a timeout or a vanished container: a failed check
+            return False
+        return done.returncode == 0
+
+    def _close_probes(self, live: Live) -> None:
+        for task in live.tasks:
+            task.cancel()
+        live.tasks.clear()
+        if live.notify is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(live.notify.fileno())
+            live.notify.close()
+            live.notify = None
+
+    # --- adoption and cleanup ---------------------------------------------------------------
+
+    async def _adopt(self) -> None:
+        """Containers left running by a previous agent: same PID, exit watching re-armed."""
+        for found in await asyncio.to_thread(self.executor.find_containers):
+            record = found.record
+            if found.running and found.pid and record is not None:
+                events = await asyncio.to_thread(self.executor.watch_oom, found.pid)
+                live = Live(
+                    name=found.name,
+                    pid=found.pid,
+                    record=record,
+                    oom_events=events,
+                    ready_at=record.ready_at,
+                )
+                self.live[found.name] = live
+                self._by_pid[found.pid] = found.name
+                self.watcher.watch(found.pid)
+                self._arm_probes(live)
+                log.info("adopted", unit=found.name, pid=found.pid)
+                continue
+            # Ended while no agent watched (or no record to adopt it by): exit status unknown.
+            result = await asyncio.to_thread(
+                self.executor.finish, found.name, None, killed=False, events=None
+            )
+            if record is not None:
+                self.history[found.name] = record_exit(
+                    None,
+                    Exit(
+                        at=self.clock(),
+                        hash=record.hash,
+                        started_at=record.started_at,
+                        code=result.code,
+                        signal=result.signal,
+                        oom=result.oom,
+                        ready=record.ready_at is not None,
+                    ),
+                    record.unit,
+                )
+            log.info("found ended", unit=found.name, running=found.running)
+
+    async def _cleanup_leftovers(self) -> None:
+        try:
+            snapshot = await asyncio.to_thread(load_directory, self.config_dir)
+            existing = set(snapshot.units) | set(snapshot.invalid) | set(self.live)
+        except QuayConfigError:
+            return
+        report = await asyncio.to_thread(self.network.cleanup, existing)
+        for removed in report.removed:
+            log.info("removed leftover", what=removed)
+        for error in report.errors:
+            log.warning("leftover not removed", error=error)
+
+    async def _stop_everything(self) -> None:
+        for stop in shutdown_plan(self.desired, self._observed()):
+            with contextlib.suppress(Exception):
+                await self._stop(stop.unit, "shutdown")
+
+    # --- status -----------------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        counts = {"running": 0, "starting": 0, "failed": 0, "invalid": 0}
+        for status in self.plan.statuses.values():
+            if status.state == "running":
+                counts["running"] += 1
+            elif status.state in ("starting", "pulling", "waiting"):
+                counts["starting"] += 1
+            elif status.state == "backoff":
+                counts["failed"] += 1
+            if status.findings or status.state == "invalid":
+                counts["invalid"] += 1
+        return ", ".join(f"{count} {label}" for label, count in counts.items())
+
+    async def _api_status(self, params: Mapping[str, Any]) -> Any:
+        del params
+        return {
+            "agent": {
+                "pid": os.getpid(),
+                "version": __version__,
+                "started_at": self.started_at,
+                "config_dir": str(self.config_dir),
+                "passes": self.passes,
+                "last_pass_at": self.last_pass_at,
+            },
+            "units": [
+                self._unit_status(status) for _, status in sorted(self.plan.statuses.items())
+            ],
+        }
+
+    def _unit_status(self, status: UnitStatus) -> dict[str, Any]:
+        live = self.live.get(status.name)
+        desired = self.desired.units.get(status.name)
+        history = self.history.get(status.name)
+        detail = status.detail
+        error = self.errors.get(status.name)
+        if error and status.state in ("backoff", "waiting"):
+            detail = f"{detail}; last error: {error}" if detail else error
+        return {
+            "name": status.name,
+            "state": status.state,
+            "ready": status.ready,
+            "detail": detail,
+            "pid": live.pid if live else None,
+            "started_at": live.record.started_at if live else None,
+            "restarts": history.restarts if history else 0,
+            "next_attempt": status.next_attempt,
+            "image": str(desired.unit.container.image) if desired else None,
+            "findings": list(status.findings),
+            "status_text": live.status_text if live else None,
+        }
+
+    async def _api_plan(self, params: Mapping[str, Any]) -> Any:
+        del params
+        return {
+            "actions": [
+                {
+                    "kind": type(action).__name__.lower(),
+                    "unit": action.unit,
+                    "reason": action.reason,
+                }
+                for action in self.plan.actions
+            ],
+            "wake_at": self.plan.wake_at,
+        }
+
+
+async def _wait(future: asyncio.Future[RuntimeExit], timeout: float) -> RuntimeExit | None:
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
+    except TimeoutError:
+        return None
+
+
+def _accepts(namespace: Path, port: int) -> bool:
+    """Whether 127.0.0.1:``port`` accepts a connection inside the container's namespace."""
+
+    def attempt() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.5)
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        return netns.run_in(namespace, attempt)
+    except Exception:  # the container is gone: not ready
+        return False
+
+
+def _watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec (WATCHDOG_USEC), when it is meant for this process."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000

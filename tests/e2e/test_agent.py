@@ -1,0 +1,281 @@
+"""quayd as a systemd service in the systemd test host, driven only through files and signals.
+
+The packaged ``packaging/systemd/quayd.service`` is installed in the host (its ``ExecStart`` and
+a few timings adapted: the venv's quayd, the test's directories, a 3 s watchdog), started with
+systemctl, and watched through ``systemctl show``, ``quayctl status --json`` and the containers'
+PIDs. The image is built from busybox-static and loaded into the store (no registry: the units
+use ``pull = "missing"``, as an offline device does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.support.systemd_host import CONTAINER_TEST_MARKS, REPO, SystemdHost, systemd_host
+
+pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
+
+T = TypeVar("T")
+VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+QUAYD = VENV_BIN / "quayd"
+QUAYCTL = VENV_BIN / "quayctl"
+IMAGE = "localhost/busybox:1.36"
+RUN_DIR = "/run/quay"
+
+SERVE = "mkdir -p /tmp/w; echo hello-$VERSION > /tmp/w/index.html; exec httpd -f -p 80 -h /tmp/w"
+WEB = f"""
+[container]
+image = "{IMAGE}"
+command = ["sh", "-c", "{SERVE}"]
+env = {{ VERSION = "1" }}
+stop_timeout = "2s"
+[ready]
+mode = "tcp"
+port = 80
+[restart]
+backoff = "1s"
+[network]
+ports = ["8080:80"]
+"""
+WORKER = f"""
+[container]
+image = "{IMAGE}"
+command = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"]
+[restart]
+backoff = "1s"
+[depends]
+requires = ["web"]
+"""
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def wait_until(what: str, check: Callable[[], T | None], timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+
+
+class Deployment:
+    def __init__(self, host: SystemdHost) -> None:
+        self.host = host
+        self.config_dir = host.state_dir / "etc-quay.d"
+        self.state_dir = host.state_dir / "state"
+        self.hang_file = host.state_dir / "hang"
+
+    def install(self) -> None:
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        image = self.host.state_dir / "busybox-oci"
+        subprocess.run([REPO / "examples" / "build-busybox-image", image], check=True)
+        subprocess.run(
+            [QUAYCTL, "--state-dir", self.state_dir, "image", "load", image, "--reference", IMAGE],
+            check=True,
+            capture_output=True,
+        )
+        service = (REPO / "packaging/systemd/quayd.service").read_text()
+        exec_start = (
+            f"ExecStart={QUAYD} --state-dir {self.state_dir} --config-dir {self.config_dir} "
+            f"--run-dir {RUN_DIR}"
+        )
+        service = service.replace("ExecStart=/usr/local/bin/quayd", exec_start)
+        service = service.replace("WatchdogSec=30s", "WatchdogSec=3s")
+        service = service.replace("RestartSec=2s", "RestartSec=500ms")
+        service = service.replace(
+            "Environment=PYTHONUNBUFFERED=1",
+            f"Environment=PYTHONUNBUFFERED=1 QUAYD_TEST_HANG_FILE={self.hang_file}",
+        )
+        units = Path("/run/systemd/system")  # inside the host: its private /run
+        for name, text in (
+            ("quayd.service", service),
+            ("quay.slice", (REPO / "packaging/systemd/quay.slice").read_text()),
+        ):
+            self.host.run(["sh", "-c", f"mkdir -p {units} && cat > {units / name}"], input=text)
+        self.host.systemctl("daemon-reload")
+
+    def write(self, name: str, text: str) -> None:
+        temporary = self.config_dir / f".{name}.tmp"
+        temporary.write_text(text)
+        temporary.rename(self.config_dir / f"{name}.toml")
+
+    def delete(self, name: str) -> None:
+        (self.config_dir / f"{name}.toml").unlink()
+
+    def show(self, *properties: str) -> dict[str, str]:
+        shown = self.host.systemctl("show", "quayd", "-p", ",".join(properties)).stdout
+        return dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+
+    def status(self) -> dict[str, Any]:
+        done = self.host.run([str(QUAYCTL), "--run-dir", RUN_DIR, "status", "--json"], check=False)
+        if done.returncode == 4:
+            return {}
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    def units(self) -> dict[str, dict[str, Any]]:
+        return {unit["name"]: unit for unit in self.status().get("units", [])}
+
+    def unit_state(self, name: str) -> str | None:
+        unit = self.units().get(name)
+        return unit["state"] if unit else None
+
+    def running_pid(self, name: str) -> int | None:
+        unit = self.units().get(name)
+        if unit and unit["state"] == "running" and unit["pid"]:
+            return int(unit["pid"])
+        return None
+
+    def http(self) -> str:
+        done = self.host.run(
+            ["busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:8080/"], check=False
+        )
+        return done.stdout.strip()
+
+    def alive(self, pid: int) -> bool:
+        return self.host.run(["kill", "-0", str(pid)], check=False).returncode == 0
+
+
+def running(deployment: Deployment, name: str) -> int:
+    return wait_until(f"{name} running", lambda: deployment.running_pid(name))
+
+
+@pytest.fixture(scope="module")
+def deployment() -> Iterator[Deployment]:
+    with systemd_host() as host:
+        deployment = Deployment(host)
+        deployment.install()
+        yield deployment
+        host.systemctl("stop", "quayd", check=False)
+
+
+# --- the scenario, in order (each test builds on the state the previous one left) -------------
+
+
+def test_the_service_is_active_only_once_ready_and_reports_counts(deployment: Deployment) -> None:
+    deployment.write("web", WEB)
+    deployment.write("worker", WORKER)
+    deployment.host.systemctl("start", "quayd")  # returns once READY=1 (Type=notify)
+    shown = deployment.show("ActiveState", "StatusText", "Type", "WatchdogUSec")
+    assert shown["ActiveState"] == "active"
+    assert shown["Type"] == "notify"
+    assert "running" in shown["StatusText"]
+    assert "invalid" in shown["StatusText"]
+    wait_until("web and worker running", lambda: deployment.running_pid("worker"))
+    assert deployment.http() == "hello-1"
+    wait_until(
+        "StatusText counting 2 running",
+        lambda: "2 running" in deployment.show("StatusText")["StatusText"],
+    )
+
+
+def test_units_live_in_scopes_under_quay_slice(deployment: Deployment) -> None:
+    pid = wait_until("web running", lambda: deployment.running_pid("web"))
+    scope = deployment.host.systemctl("show", "quay-web.scope", "-p", "Slice,ActiveState").stdout
+    assert "Slice=quay.slice" in scope
+    assert "ActiveState=active" in scope
+    cgroup = deployment.host.run(["cat", f"/proc/{pid}/cgroup"]).stdout
+    assert "quay-web.scope" in cgroup
+    assert "quayd.service" not in cgroup
+
+
+def test_a_changed_unit_replaces_its_container(deployment: Deployment) -> None:
+    old = wait_until("web running", lambda: deployment.running_pid("web"))
+    deployment.write("web", WEB.replace('VERSION = "1"', 'VERSION = "2"'))
+    wait_until("the new web", lambda: deployment.http() == "hello-2")
+    new = wait_until("web running", lambda: deployment.running_pid("web"))
+    assert new != old
+    assert not deployment.alive(old)
+
+
+def test_an_invalid_file_keeps_the_last_good_version_running(deployment: Deployment) -> None:
+    pid = wait_until("web running", lambda: deployment.running_pid("web"))
+    deployment.write("web", WEB + '\n[resources]\nmemory = "lots"\n')
+    unit = wait_until("web reported invalid", lambda: deployment.units()["web"]["findings"] or None)
+    assert any('memory = "lots"' in finding for finding in unit)
+    assert any("web.toml" in finding for finding in unit)
+    time.sleep(1.0)  # a few passes
+    assert deployment.running_pid("web") == pid
+    assert deployment.http() == "hello-2"
+    assert "1 invalid" in deployment.show("StatusText")["StatusText"]
+    deployment.write("web", WEB.replace('VERSION = "1"', 'VERSION = "2"'))
+    wait_until("findings cleared", lambda: deployment.units()["web"]["findings"] == [])
+    assert deployment.running_pid("web") == pid  # same unit as before: untouched
+
+
+def test_a_killed_container_comes_back_with_backoff(deployment: Deployment) -> None:
+    pid = wait_until("worker running", lambda: deployment.running_pid("worker"))
+    deployment.host.run(["kill", "-KILL", str(pid)])
+    seen = wait_until(
+        "worker restarted",
+        lambda: (p := deployment.running_pid("worker")) and p != pid and p,
+    )
+    assert seen != pid
+    assert deployment.units()["worker"]["restarts"] >= 1
+
+
+def test_kill_9_of_quayd_keeps_every_container(deployment: Deployment) -> None:
+    before = {name: running(deployment, name) for name in ("web", "worker")}
+    main_pid = int(deployment.show("MainPID")["MainPID"])
+    deployment.host.run(["kill", "-KILL", str(main_pid)])
+    wait_until(
+        "systemd restarting quayd",
+        lambda: (
+            deployment.show("MainPID", "ActiveState")["MainPID"] not in ("0", str(main_pid))
+            and deployment.show("ActiveState")["ActiveState"] == "active"
+        ),
+    )
+    wait_until("the new quayd answering", lambda: deployment.status().get("agent"))
+    after = {name: deployment.running_pid(name) for name in before}
+    assert after == before
+    assert all(deployment.alive(pid) for pid in before.values())
+    assert deployment.http() == "hello-2"
+
+
+def test_a_hung_loop_is_caught_by_the_watchdog(deployment: Deployment) -> None:
+    pids = {name: deployment.running_pid(name) for name in ("web", "worker")}
+    restarts = int(deployment.show("NRestarts")["NRestarts"])
+    deployment.hang_file.touch()
+    deployment.host.run(["touch", str(deployment.config_dir / "web.toml")])  # wake a pass
+    wait_until(
+        "the watchdog restarting quayd",
+        lambda: int(deployment.show("NRestarts")["NRestarts"]) > restarts,
+        timeout=20,
+    )
+    wait_until("the new quayd answering", lambda: deployment.status().get("agent"), timeout=20)
+    assert {name: deployment.running_pid(name) for name in pids} == pids
+    journal = deployment.host.run(
+        ["journalctl", "-u", "quayd", "--no-pager", "-o", "cat"], check=False
+    ).stdout
+    assert "watchdog" in journal.lower()
+
+
+def test_a_deleted_unit_is_stopped_and_removed(deployment: Deployment) -> None:
+    pid = wait_until("worker running", lambda: deployment.running_pid("worker"))
+    deployment.delete("worker")
+    wait_until("worker gone", lambda: "worker" not in deployment.units())
+    assert not deployment.alive(pid)
+    scope = deployment.host.systemctl("show", "quay-worker.scope", "-p", "ActiveState").stdout
+    assert "ActiveState=active" not in scope
+
+
+def test_stopping_quayd_leaves_containers_running(deployment: Deployment) -> None:
+    pid = wait_until("web running", lambda: deployment.running_pid("web"))
+    deployment.host.systemctl("stop", "quayd")
+    assert deployment.show("ActiveState")["ActiveState"] == "inactive"
+    assert deployment.alive(pid)
+    assert deployment.http() == "hello-2"
+    deployment.host.systemctl("start", "quayd")
+    assert deployment.running_pid("web") == pid
