@@ -42,7 +42,7 @@ from quayd.images.store import Store
 from quayd.isolation.container import KILL_TIMEOUT, OomEvents
 from quayd.isolation.notify import NotifySocket
 from quayd.isolation.runtime import Exit as RuntimeExit
-from quayd.isolation.runtime import ExitWatcher, become_subreaper
+from quayd.isolation.runtime import ExitWatcher, become_subreaper, trim_log_file
 from quayd.isolation.seccomp import load_default_profile
 from quayd.net import netns
 from quayd.net.network import Network
@@ -76,6 +76,8 @@ RESYNC_SECONDS = 30.0
 COALESCE_SECONDS = 0.03
 COALESCE_MAX_SECONDS = 0.3
 TCP_PROBE_INTERVAL = 0.1
+LOG_FILE_MAX = 16 * 1024 * 1024
+"""Cap of a container's log file when there is no journald (trimmed to about half)."""
 HANG_HOOK_ENV = "QUAYD_TEST_HANG_FILE"
 """Test-only: when this file exists at the start of a pass, it is removed and the loop blocks
 (the watchdog test). Unset in production: nothing looks at any file then."""
@@ -145,6 +147,8 @@ class Agent:
         self.pulls: dict[str, PullState] = {}
         self.busy: dict[str, Busy] = {}
         self.errors: dict[str, str] = {}
+        self.starts: dict[str, tuple[str, int]] = {}
+        """Per unit: the hash it runs and how often a container of that hash was started."""
         self.last_good: dict[str, tuple[Unit, str]] = {}
         self.plan: Plan = Plan(actions=(), statuses={})
         self.desired: Desired = Desired(units={})
@@ -159,6 +163,7 @@ class Agent:
         self._wake: asyncio.Event | None = None
         self._file_event_at: float | None = None
         self._by_pid: dict[int, str] = {}
+        self._trimmed_at = 0.0
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -318,6 +323,16 @@ class Agent:
 
     # --- one pass ---------------------------------------------------------------------------
 
+    async def _trim_logs(self) -> None:
+        """Without journald, each container logs to a file; keep each under its cap."""
+        now = self.clock()
+        if now - self._trimmed_at < RESYNC_SECONDS:
+            return
+        self._trimmed_at = now
+        for name in list(self.live):
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(trim_log_file, self.executor.log_file(name), LOG_FILE_MAX)
+
     async def _pass(self) -> None:
         hang = os.environ.get(HANG_HOOK_ENV)
         if hang and Path(hang).exists():
@@ -330,6 +345,7 @@ class Agent:
             log.error("config directory unreadable", error=str(error))
             return
         self.desired = self._desired(snapshot)
+        await self._trim_logs()
         now = self.clock()
         self.plan = plan(self.desired, self._observed(), now)
         self.passes += 1
@@ -369,9 +385,10 @@ class Agent:
         return Desired(units=units, invalid=invalid)
 
     def _observed(self) -> Observed:
+        present = self.executor.present_images()
         images = {
             name: self.pulls.get(name, PullState()).observed(
-                self.executor.image(desired.unit) is not None
+                self.executor.reference(desired.unit) in present
             )
             for name, desired in self.desired.units.items()
         }
@@ -417,6 +434,7 @@ class Agent:
                 await asyncio.to_thread(self.executor.release, name, self._all_units())
                 self.history.pop(name, None)
                 self.pulls.pop(name, None)
+                self.starts.pop(name, None)
                 log.info("removed", unit=name)
         except Exception as error:  # reported in status; the planner decides what next
             self.errors[name] = str(error)
@@ -477,6 +495,8 @@ class Agent:
             )
             raise ExecutorError(f"cannot start: {error}") from error
         self.errors.pop(name, None)
+        previous_hash, count = self.starts.get(name, ("", 0))
+        self.starts[name] = (wanted_hash, count + 1 if previous_hash == wanted_hash else 1)
         self._track(name, launched, notify=notify)
         log.info("started", unit=name, pid=launched.pid, hash=wanted_hash)
 
@@ -683,6 +703,7 @@ class Agent:
                     ready_at=record.ready_at,
                 )
                 self.live[found.name] = live
+                self.starts[found.name] = (record.hash, 1)
                 self._by_pid[found.pid] = found.name
                 self.watcher.watch(found.pid)
                 self._arm_probes(live)
@@ -759,7 +780,6 @@ class Agent:
     def _unit_status(self, status: UnitStatus) -> dict[str, Any]:
         live = self.live.get(status.name)
         desired = self.desired.units.get(status.name)
-        history = self.history.get(status.name)
         detail = status.detail
         error = self.errors.get(status.name)
         if error and status.state in ("backoff", "waiting"):
@@ -771,7 +791,7 @@ class Agent:
             "detail": detail,
             "pid": live.pid if live else None,
             "started_at": live.record.started_at if live else None,
-            "restarts": history.restarts if history else 0,
+            "restarts": max(0, self.starts.get(status.name, ("", 1))[1] - 1),
             "next_attempt": status.next_attempt,
             "image": str(desired.unit.container.image) if desired else None,
             "findings": list(status.findings),

@@ -137,8 +137,17 @@ class Executor:
 
     # --- images ---------------------------------------------------------------------------------
 
+    @staticmethod
+    def reference(unit: Unit) -> str:
+        """The unit's image reference as the store keys it (normalised)."""
+        return str(parse_reference(str(unit.container.image)))
+
     def image(self, unit: Unit) -> ImageRecord | None:
-        return self.store.get(str(parse_reference(str(unit.container.image))))
+        return self.store.get(self.reference(unit))
+
+    def present_images(self) -> frozenset[str]:
+        """Every reference in the store (one read of its index, for a whole pass)."""
+        return frozenset(self.store.images())
 
     def pull(self, unit: Unit) -> ImageRecord:
         images = self.settings.images

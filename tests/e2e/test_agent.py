@@ -191,6 +191,25 @@ def test_units_live_in_scopes_under_quay_slice(deployment: Deployment) -> None:
     assert "quayd.service" not in cgroup
 
 
+def test_a_second_quayd_on_the_same_state_dir_refuses_to_start(deployment: Deployment) -> None:
+    main_pid = deployment.show("MainPID")["MainPID"]
+    done = deployment.host.run(
+        [
+            str(QUAYD),
+            "--state-dir",
+            str(deployment.state_dir),
+            "--config-dir",
+            str(deployment.config_dir),
+            "--run-dir",
+            "/run/quay-second",
+        ],
+        check=False,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert f"another quayd (pid {main_pid}) is running on {deployment.state_dir}" in done.stderr
+
+
 def test_a_changed_unit_replaces_its_container(deployment: Deployment) -> None:
     old = wait_until("web running", lambda: deployment.running_pid("web"))
     deployment.write("web", WEB.replace('VERSION = "1"', 'VERSION = "2"'))

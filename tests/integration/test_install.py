@@ -56,7 +56,7 @@ def test_installed_quayctl_validates_the_examples(installed: Path, tmp_path: Pat
     result = run(
         [str(installed / "quayctl"), "--config", str(settings), "validate", str(examples)], tmp_path
     )
-    assert (result.returncode, result.stdout) == (0, "3 unit(s) checked, all valid\n")
+    assert (result.returncode, result.stdout) == (0, "4 unit(s) checked, all valid\n")
 
 
 def test_installed_quayctl_explains_a_bad_file(installed: Path, tmp_path: Path) -> None:

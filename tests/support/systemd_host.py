@@ -442,3 +442,29 @@ RUNTIMES = [
     for name in ("crun", "runc")
 ]
 """Parametrize a test over both OCI runtimes quay drives."""
+
+
+# --- as a command: run something in a throwaway host (`./dev run` where systemd is not PID 1) --
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m tests.support.systemd_host COMMAND…``: boot a host, run COMMAND inside it in
+    the foreground (``QUAY_HOST_STATE`` names the host's state dir), tear it all down when the
+    command ends or on Ctrl-C / SIGTERM."""
+    if not argv:
+        print("usage: python -m tests.support.systemd_host COMMAND [ARG...]", file=sys.stderr)
+        return 2
+    with systemd_host() as host:
+        command = [*host.nsenter(), "env", f"QUAY_HOST_STATE={host.state_dir}", *argv]
+        process = subprocess.Popen(command)
+        signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+            return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

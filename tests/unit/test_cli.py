@@ -35,7 +35,7 @@ BAD_MEMORY = '[container]\nimage = "busybox"\n[resources]\nmemory = "lots"\n'
 def test_validate_the_examples(capsys: pytest.CaptureFixture[str], settings: Path) -> None:
     code, out, err = run(capsys, "--config", str(settings), "validate", str(EXAMPLES))
     assert (code, err) == (0, "")
-    assert out == "3 unit(s) checked, all valid\n"
+    assert out == "4 unit(s) checked, all valid\n"
 
 
 def test_validate_with_no_path_checks_the_config_dir(
@@ -180,7 +180,7 @@ def test_render_prints_the_effective_unit(
     assert 'backoff_max = "5m"' in out  # a default, filled in
 
 
-@pytest.mark.parametrize("name", ["web", "worker", "clock"])
+@pytest.mark.parametrize("name", ["web", "worker", "clock", "job"])
 def test_rendered_units_validate_to_the_same_unit(
     capsys: pytest.CaptureFixture[str], settings: Path, name: str
 ) -> None:
@@ -227,7 +227,7 @@ def test_quayd_check(capsys: pytest.CaptureFixture[str], settings: Path, tmp_pat
     assert (
         quayd_main.main(["--config", str(settings), "--config-dir", str(EXAMPLES), "--check"]) == 0
     )
-    assert "3 valid unit(s), 0 invalid" in capsys.readouterr().out
+    assert "4 valid unit(s), 0 invalid" in capsys.readouterr().out
     write_tree(tmp_path / "u", {"web.toml": BAD_MEMORY})
     args = ["--config", str(settings), "--config-dir", str(tmp_path / "u"), "--check"]
     assert quayd_main.main(args) == 1
