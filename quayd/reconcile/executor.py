@@ -300,7 +300,9 @@ class Executor:
                 Found(
                     name=container_id,
                     pid=state.pid if state is not None else None,
-                    running=state is not None and state.status in ("running", "created"),
+                    # "created": an agent died between create and start; that container never
+                    # ran its command, so it is cleaned up and started afresh, not adopted.
+                    running=state is not None and state.status == "running",
                     record=record,
                 )
             )
