@@ -1,6 +1,14 @@
-"""quayctl: the operator's tool. ``validate`` and ``render`` work without the agent.
+"""quayctl: the operator's tool. ``validate`` and ``render`` work without the agent; ``status``
+and ``ping`` ask the agent over its socket (``RUN_DIR/quayd.sock``).
 
-Exit codes: 0 success, 1 invalid configuration, 2 wrong usage.
+Exit codes: 0 success, 1 invalid configuration, 2 wrong usage; ``status`` and ``ping``, as
+supervisorctl: 3 some unit is not running (or not ready), 4 the agent cannot be reached (or
+cannot answer) or a unit asked for does not exist.
+
+``status`` and ``ping`` are found and run before anything heavy is imported: they load only
+:mod:`quayd.cli.client` and :mod:`quayd.cli.status` (no pydantic, no unit models, no HTTP
+client), so a script or a shell prompt can call them often. Every other command imports what it
+needs when it runs.
 """
 
 from __future__ import annotations
@@ -8,41 +16,30 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import tomli_w
+if TYPE_CHECKING:
+    from quayd.units.directory import ConfigSnapshot, LoadedUnit
+    from quayd.units.findings import Finding
+    from quayd.units.settings import Settings
 
-from quayd.cli.common import (
-    EXIT_INVALID,
-    EXIT_OK,
-    EXIT_USAGE,
-    add_global_options,
-    print_findings,
-    print_json,
-    report_config_error,
-    settings_from,
-)
-from quayd.cli.image_commands import add_image_commands
-from quayd.units.directory import (
-    UNIT_SUFFIX,
-    ConfigSnapshot,
-    InvalidUnit,
-    LoadedUnit,
-    UnitFiles,
-    assemble,
-    discover,
-    load_directory,
-    load_files,
-    name_finding,
-    unit_name_for,
-)
-from quayd.units.fieldtypes import UNIT_NAME, UNIT_NAME_ACCEPTED
-from quayd.units.findings import Finding, QuayConfigError
-from quayd.units.settings import Settings
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+AGENT_COMMANDS = ("status", "ping")
+
+# The lean twin of quayd.cli.common's global options (importing that module loads pydantic);
+# tests/unit/test_status_format.py holds the two to the same options and defaults.
+DEFAULT_SETTINGS_FILE = Path("/etc/quay/quayd.toml")
+DEFAULT_RUN_DIR = Path("/run/quay")
+_VALUE_OPTIONS = ("--config", "--config-dir", "--state-dir", "--run-dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from quayd.cli.common import add_global_options  # noqa: PLC0415
+    from quayd.cli.image_commands import add_image_commands  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(
         prog="quayctl",
         description="Inspect and steer quay, the declarative container host agent.",
@@ -82,29 +79,194 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.set_defaults(handler=cmd_render)
     add_image_commands(commands)
+    add_agent_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if command_of(arguments) in AGENT_COMMANDS:
+        return _run(build_agent_parser(), arguments)
+    from quayd.cli.common import report_config_error  # noqa: PLC0415
+    from quayd.units.findings import QuayConfigError  # noqa: PLC0415
+
     try:
-        code: int = args.handler(args)
+        return _run(build_parser(), arguments)
     except QuayConfigError as error:
         return report_config_error(error)
+
+
+def _run(parser: argparse.ArgumentParser, arguments: list[str]) -> int:
+    args = parser.parse_args(arguments)
+    try:
+        code: int = args.handler(args)
     except BrokenPipeError:
         return EXIT_OK  # `quayctl render web | head` is fine
     return code
 
 
+# --- status and ping: the lean path --------------------------------------------------------------
+
+
+def command_of(arguments: Sequence[str]) -> str | None:
+    """The subcommand, found without building the full parser (which imports pydantic).
+
+    Only the global options that take a value are known here. Anything unusual (an abbreviated
+    option, ``-h`` or ``--version`` first) gives None, and the full parser handles it, status and
+    ping included: a miss only costs time, never a different result.
+    """
+    skip = False
+    for arg in arguments:
+        if skip:
+            skip = False
+        elif arg in _VALUE_OPTIONS:
+            skip = True
+        elif arg.startswith(tuple(f"{o}=" for o in _VALUE_OPTIONS)):
+            continue
+        elif arg.startswith("-"):
+            return None
+        else:
+            return arg
+    return None
+
+
+def build_agent_parser() -> argparse.ArgumentParser:
+    """quayctl's parser with only the commands that talk to the agent, built from stdlib alone."""
+    parser = argparse.ArgumentParser(
+        prog="quayctl",
+        description="Inspect and steer quay, the declarative container host agent.",
+    )
+    group = parser.add_argument_group("global options")
+    group.add_argument("--config", type=Path, metavar="FILE")
+    group.add_argument("--config-dir", type=Path, metavar="DIR")
+    group.add_argument("--state-dir", type=Path, metavar="DIR")
+    group.add_argument("--run-dir", type=Path, metavar="DIR")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_agent_commands(commands)
+    return parser
+
+
+def add_agent_commands(commands: Any) -> None:
+    """Register ``status`` and ``ping`` (on the full parser and on the lean one alike)."""
+    status = commands.add_parser(
+        "status",
+        help="show the agent's units and their states",
+        description=(
+            "Show the agent and its units. Exit status: 0 every unit (or each NAME) is running "
+            "and ready, or has exited; 3 some unit is in another state; 4 the agent cannot be "
+            "reached, or a NAME is not one of its units."
+        ),
+    )
+    status.add_argument("names", nargs="*", metavar="NAME", help="only these units")
+    status.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
+    status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
+    status.set_defaults(handler=cmd_status)
+
+    ping = commands.add_parser(
+        "ping",
+        help="check that the agent answers",
+        description="Print the agent's pid if it answers (exit 0); exit 4 if it does not.",
+    )
+    ping.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
+    ping.set_defaults(handler=cmd_ping)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from quayd.cli import client, status  # noqa: PLC0415
+
+    socket_path = agent_socket(args)
+    if socket_path is None:
+        return EXIT_INVALID
+    try:
+        payload = client.call(socket_path, "status", timeout=args.timeout)
+    except (client.AgentUnreachableError, client.AgentError) as error:
+        print(f"quayctl status: {error}", file=sys.stderr)
+        return status.EXIT_UNREACHABLE
+    if not _is_status(payload):
+        print("quayctl status: the agent's answer is not a status", file=sys.stderr)
+        return status.EXIT_UNREACHABLE
+    selected, unknown = status.select(payload, args.names)
+    if args.json:
+        json.dump(selected, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(status.format_status(selected, time.time()))
+    for name in unknown:
+        print(f"quayctl status: the agent has no unit {name!r}", file=sys.stderr)
+    if unknown:
+        return status.EXIT_UNREACHABLE
+    return status.exit_code(selected["units"])
+
+
+def _is_status(payload: Any) -> bool:
+    return (
+        isinstance(payload, dict)
+        and isinstance(payload.get("agent"), dict)
+        and isinstance(payload.get("units"), list)
+        and all(isinstance(u, dict) for u in payload["units"])
+    )
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    from quayd.cli import client, status  # noqa: PLC0415
+
+    socket_path = agent_socket(args)
+    if socket_path is None:
+        return EXIT_INVALID
+    try:
+        result = client.call(socket_path, "ping", timeout=args.timeout)
+    except (client.AgentUnreachableError, client.AgentError) as error:
+        print(f"quayctl ping: {error}", file=sys.stderr)
+        return status.EXIT_UNREACHABLE
+    pid = result.get("pid", "?") if isinstance(result, dict) else "?"
+    print(f"quayd {pid} is up")
+    return EXIT_OK
+
+
+def agent_socket(args: argparse.Namespace) -> Path | None:
+    """``RUN_DIR/quayd.sock``, RUN_DIR as every command resolves it; None once an error is shown.
+
+    ``--run-dir`` wins. Otherwise only ``run_dir`` of the settings file matters, so the file is
+    read with tomllib alone; when that does not give an absolute path (bad TOML, a bad value, an
+    unreadable or missing --config file), the full loader runs, to report the error with file,
+    line and key as every other command does.
+    """
+    from quayd.cli.client import SOCKET_NAME  # noqa: PLC0415
+
+    if args.run_dir is not None:
+        return Path(args.run_dir).absolute() / SOCKET_NAME
+    try:
+        with (args.config or DEFAULT_SETTINGS_FILE).open("rb") as file:
+            import tomllib  # noqa: PLC0415
+
+            run_dir = tomllib.load(file).get("run_dir", str(DEFAULT_RUN_DIR))
+    except FileNotFoundError:
+        run_dir = str(DEFAULT_RUN_DIR) if args.config is None else None
+    except (OSError, ValueError):
+        run_dir = None
+    if isinstance(run_dir, str) and run_dir.startswith("/"):
+        return Path(run_dir) / SOCKET_NAME
+    from quayd.cli.common import report_config_error, settings_from  # noqa: PLC0415
+    from quayd.units.findings import QuayConfigError  # noqa: PLC0415
+
+    try:
+        return Path(settings_from(args).run_dir) / SOCKET_NAME
+    except QuayConfigError as error:
+        report_config_error(error)
+        return None
+
+
 # --- validate ------------------------------------------------------------------------------------
 
 
-@dataclass
 class Report:
-    checked: list[str] = field(default_factory=list)
-    units: dict[str, bool] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.checked: list[str] = []
+        self.units: dict[str, bool] = {}
+        self.findings: list[Finding] = []
 
     @property
     def valid(self) -> bool:
@@ -118,6 +280,9 @@ class Report:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from quayd.cli.common import print_findings, print_json, settings_from  # noqa: PLC0415
+    from quayd.units.findings import QuayConfigError  # noqa: PLC0415
+
     report = Report()
     if args.as_name is not None and len(args.paths) != 1:
         print("quayctl validate: --as NAME takes exactly one FILE", file=sys.stderr)
@@ -159,6 +324,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _validate_directory(report: Report, directory: Path) -> None:
+    from quayd.units.directory import load_directory  # noqa: PLC0415
+    from quayd.units.findings import QuayConfigError  # noqa: PLC0415
+
     try:
         report.add_snapshot(load_directory(directory))
     except QuayConfigError as error:
@@ -168,6 +336,16 @@ def _validate_directory(report: Report, directory: Path) -> None:
 
 def _validate_file(report: Report, path: Path) -> None:
     """A file is a unit, whatever its name; its drop-ins come along when it has any."""
+    from quayd.units.directory import (  # noqa: PLC0415
+        UNIT_SUFFIX,
+        InvalidUnit,
+        LoadedUnit,
+        UnitFiles,
+        load_files,
+        name_finding,
+        unit_name_for,
+    )
+
     report.checked.append(str(path))
     name = unit_name_for(path)
     loaded = load_files(UnitFiles(name=name, path=path, dropins=_dropins_beside(path)))
@@ -184,6 +362,8 @@ def _validate_file(report: Report, path: Path) -> None:
 
 def _dropins_beside(path: Path) -> tuple[Path, ...]:
     """The drop-ins of unit file ``path`` (``NAME.toml.d/*.toml``), in the order they apply."""
+    from quayd.units.directory import UNIT_SUFFIX  # noqa: PLC0415
+
     dropin_dir = path.with_name(path.name + ".d")
     if not path.name.endswith(UNIT_SUFFIX) or not dropin_dir.is_dir():
         return ()
@@ -198,6 +378,10 @@ def _dropins_beside(path: Path) -> tuple[Path, ...]:
 
 def _validate_as(report: Report, path: Path, name: str, directory: Path) -> None:
     """Check ``path`` as unit ``name`` among the other units of ``directory`` (before deploying)."""
+    from quayd.units.directory import UNIT_SUFFIX, UnitFiles, assemble, discover, load_files  # noqa: PLC0415
+    from quayd.units.fieldtypes import UNIT_NAME, UNIT_NAME_ACCEPTED  # noqa: PLC0415
+    from quayd.units.findings import Finding, QuayConfigError  # noqa: PLC0415
+
     report.checked.append(str(path))
     if not UNIT_NAME.fullmatch(name):
         report.findings.append(
@@ -223,6 +407,9 @@ def _validate_as(report: Report, path: Path, name: str, directory: Path) -> None
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from quayd.cli.common import print_findings, settings_from  # noqa: PLC0415
+    from quayd.units.directory import UNIT_SUFFIX, InvalidUnit, UnitFiles, load_files, unit_name_for  # noqa: PLC0415
+
     settings: Settings = settings_from(args)
     path = Path(args.unit)
     # As systemctl: a path names a file; a bare name is a unit of the config directory.
@@ -241,6 +428,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def render_unit(loaded: LoadedUnit) -> str:
+    import tomli_w  # noqa: PLC0415
+
     sources = ", ".join(str(p) for p in (loaded.path, *loaded.dropins))
     header = (
         f"# Effective unit {loaded.name!r}: {sources}\n"
