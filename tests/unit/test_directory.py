@@ -311,5 +311,5 @@ def test_the_bundled_examples_are_valid() -> None:
     examples = Path(__file__).parents[2] / "examples" / "etc-quay.d"
     snapshot = load_directory(examples)
     assert snapshot.findings == []
-    assert sorted(snapshot.units) == ["clock", "web", "worker"]
+    assert sorted(snapshot.units) == ["clock", "job", "web", "worker"]
     assert snapshot.units["worker"].unit.container.env == {"LOG_LEVEL": "debug"}
