@@ -57,6 +57,7 @@ block ``create`` until then.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import enum
 import errno
@@ -67,6 +68,7 @@ import selectors
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -266,9 +268,10 @@ class OciRuntime:
     ) -> subprocess.CompletedProcess[bytes]:
         """Run ``argv`` in the running container and wait for it; output is captured.
 
-        The returned ``returncode`` is the command's. On ``timeout`` the runtime's process is
-        killed and :class:`RuntimeCommandError` raised; the command itself may go on inside the
-        container until it ends or the container stops.
+        The returned ``returncode`` is the command's. On ``timeout`` the command is SIGKILLed
+        (its pid comes from the runtime's ``--pid-file``; killing only the runtime process would
+        leave it running inside the container), and :class:`RuntimeCommandError` is raised.
+        Processes the command started itself may remain, as after ``docker exec``.
         """
         _check_id(container_id)
         if not argv:
@@ -280,6 +283,9 @@ class OciRuntime:
             options += ["--cwd", cwd]
         if user is not None:
             options += ["--user", user]
+        self.root.mkdir(parents=True, exist_ok=True)
+        pid_file = self.root / f".exec-{container_id}-{os.getpid()}-{threading.get_native_id()}"
+        options += ["--pid-file", str(pid_file)]
         command = [*self._global(), "exec", *options, container_id, *argv]
         try:
             return subprocess.run(
@@ -292,11 +298,14 @@ class OciRuntime:
                 check=False,
             )
         except subprocess.TimeoutExpired as error:
+            _kill_pid_in(pid_file)
             raise RuntimeCommandError(
-                f"{self.name} exec in {container_id}: {argv[0]} took over {timeout} s"
+                f"{self.name} exec in {container_id}: {argv[0]} took over {timeout} s (killed)"
             ) from error
         except OSError as error:
             raise RuntimeCommandError(f"cannot run {self.binary}: {error}") from error
+        finally:
+            pid_file.unlink(missing_ok=True)
 
     # --- plumbing --------------------------------------------------------------------------------
 
@@ -412,6 +421,16 @@ def _clean_stderr(text: str) -> str:
     # runc prefixes its messages with a logrus header: time="…" level=error msg="…"
     cleaned = [re.sub(r'^time="[^"]*" level=\w+ msg="(.*)"$', r"\1", line) for line in lines]
     return "; ".join(cleaned) or "no message"
+
+
+def _kill_pid_in(pid_file: Path) -> None:
+    """SIGKILL the process whose pid the runtime wrote (gone already: nothing to do)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 # --- process lifetime ----------------------------------------------------------------------------

@@ -185,6 +185,19 @@ def inside_exec(runtime: str, name: str, argv: list[str]) -> dict[str, Any]:
     return {"code": done.returncode, "stdout": done.stdout.decode(), "stderr": done.stderr.decode()}
 
 
+def inside_exec_timeout(runtime: str, name: str) -> dict[str, Any]:
+    """An exec that outlives its timeout is killed, not merely abandoned."""
+    driver = _runtime(runtime)
+    try:
+        driver.exec(name, ["/bin/sh", "-c", "exec sleep 300"], timeout=1)
+        error = ""
+    except RuntimeCommandError as raised:
+        error = str(raised)
+    time.sleep(0.2)
+    left = driver.exec(name, ["/bin/sh", "-c", "ps -o args"], timeout=30).stdout.decode()
+    return {"error": error, "processes": left}
+
+
 def inside_stop(
     *, runtime: str, name: str, container_dir: str, pid: int, grace: float = 10.0
 ) -> dict[str, Any]:
@@ -429,6 +442,10 @@ def test_container_in_its_scope_outlives_its_creator(
                     "cat /etc/quay-test; echo $GREETING; cat /proc/1/comm; hostname"])  # fmt: skip
     assert ran["code"] == 0, ran
     assert ran["stdout"].split("\n")[:4] == ["from the top layer", "hi", "sh", name]
+    timed_out = host.call(inside_exec_timeout, runtime=runtime, name=name)
+    assert "took over 1 s (killed)" in timed_out["error"]
+    assert "sleep 300" not in timed_out["processes"]
+    assert "sleep 600" in timed_out["processes"]
 
     stopped = host.call(inside_stop, runtime=runtime, name=name, container_dir=directory, pid=pid)
     assert not stopped["killed"]
