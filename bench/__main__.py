@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import decompress, pull
+from bench import agent, decompress, pull
 
-SCENARIOS = {"pull": pull.main, "decompress": decompress.main}
+SCENARIOS = {"pull": pull.main, "decompress": decompress.main, "agent": agent.main}
 
 
 def main() -> int:
