@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from quayd.images.model import Platform
+from tests.support.images import Layer, OciLayout, busybox_entries, file
 from tests.support.systemd_host import CONTAINER_TEST_MARKS, REPO, SystemdHost, systemd_host
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
@@ -28,6 +30,7 @@ VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 QUAYD = VENV_BIN / "quayd"
 QUAYCTL = VENV_BIN / "quayctl"
 IMAGE = "localhost/busybox:1.36"
+NOTIFY_IMAGE = "localhost/notify:1"
 RUN_DIR = "/run/quay"
 
 SERVE = "mkdir -p /tmp/w; echo hello-$VERSION > /tmp/w/index.html; exec httpd -f -p 80 -h /tmp/w"
@@ -77,15 +80,17 @@ class Deployment:
         self.state_dir = host.state_dir / "state"
         self.hang_file = host.state_dir / "hang"
 
-    def install(self) -> None:
+    def install(self, sd_notify: Path) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         image = self.host.state_dir / "busybox-oci"
         subprocess.run([REPO / "examples" / "build-busybox-image", image], check=True)
-        subprocess.run(
-            [QUAYCTL, "--state-dir", self.state_dir, "image", "load", image, "--reference", IMAGE],
-            check=True,
-            capture_output=True,
-        )
+        self.load(image, IMAGE)
+        # busybox plus the static sd_notify helper, for readiness through NOTIFY_SOCKET
+        layout = OciLayout(self.host.state_dir / "notify-oci")
+        entries = [*busybox_entries(), file("bin/sd_notify", sd_notify.read_bytes(), 0o755)]
+        descriptor, _ = layout.image([Layer.of(entries)], Platform.host())
+        layout.tag(descriptor, "1")
+        self.load(layout.root, NOTIFY_IMAGE)
         service = (REPO / "packaging/systemd/quayd.service").read_text()
         exec_start = (
             f"ExecStart={QUAYD} --state-dir {self.state_dir} --config-dir {self.config_dir} "
@@ -105,6 +110,22 @@ class Deployment:
         ):
             self.host.run(["sh", "-c", f"mkdir -p {units} && cat > {units / name}"], input=text)
         self.host.systemctl("daemon-reload")
+
+    def load(self, layout: Path, reference: str) -> None:
+        subprocess.run(
+            [
+                QUAYCTL,
+                "--state-dir",
+                self.state_dir,
+                "image",
+                "load",
+                layout,
+                "--reference",
+                reference,
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     def write(self, name: str, text: str) -> None:
         temporary = self.config_dir / f".{name}.tmp"
@@ -153,10 +174,10 @@ def running(deployment: Deployment, name: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def deployment() -> Iterator[Deployment]:
+def deployment(sd_notify: Path) -> Iterator[Deployment]:
     with systemd_host() as host:
         deployment = Deployment(host)
-        deployment.install()
+        deployment.install(sd_notify)
         yield deployment
         host.systemctl("stop", "quayd", check=False)
 
@@ -279,6 +300,94 @@ def test_a_hung_loop_is_caught_by_the_watchdog(deployment: Deployment) -> None:
         ["journalctl", "-u", "quayd", "--no-pager", "-o", "cat"], check=False
     ).stdout
     assert "watchdog" in journal.lower()
+
+
+LATER = "sleep 2; exec /bin/sd_notify 'READY=1' /bin/sd_notify 'STATUS=accepting' /bin/sleep 1000"
+DB = f"""
+[container]
+image = "{NOTIFY_IMAGE}"
+command = ["/bin/sd_notify", "STATUS=warming up", "/bin/sh", "-c", "{LATER}"]
+[ready]
+mode = "notify"
+timeout = "20s"
+"""
+APP = f"""
+[container]
+image = "{IMAGE}"
+command = ["sleep", "1000"]
+[depends]
+requires = ["db"]
+"""
+
+
+def test_notify_readiness_gates_a_dependent_and_status_text_shows(
+    deployment: Deployment,
+) -> None:
+    deployment.write("db", DB)
+    deployment.write("app", APP)
+    db = wait_until("db starting", lambda: deployment.units().get("db", {}).get("status_text"))
+    assert db == "warming up"
+    assert deployment.unit_state("db") == "starting"
+    assert deployment.unit_state("app") == "waiting"
+    app_pid = wait_until("app running", lambda: deployment.running_pid("app"))
+    units = deployment.units()
+    assert units["db"]["status_text"] == "accepting"
+    assert units["db"]["ready"] is True
+    # app started only after db's READY=1, which came 2 s after db started
+    assert units["app"]["started_at"] >= units["db"]["started_at"] + 1.9
+    assert deployment.alive(app_pid)
+    deployment.delete("app")
+    deployment.delete("db")
+    wait_until("db and app gone", lambda: not {"db", "app"} & set(deployment.units()))
+
+
+FLAKY = f"""
+[container]
+image = "{IMAGE}"
+command = ["sh", "-c", "touch /tmp/ok; sleep 2; rm /tmp/ok; exec sleep 1000"]
+[health]
+command = ["test", "-f", "/tmp/ok"]
+interval = "300ms"
+timeout = "2s"
+retries = 2
+on_unhealthy = "restart"
+[restart]
+backoff = "500ms"
+"""
+
+
+def test_an_unhealthy_container_is_really_restarted(deployment: Deployment) -> None:
+    deployment.write("flaky", FLAKY)
+    first = running(deployment, "flaky")
+    second = wait_until(
+        "flaky restarted after failing its checks",
+        lambda: (pid := deployment.running_pid("flaky")) and pid != first and pid,
+    )
+    assert not deployment.alive(first)
+    assert deployment.alive(second)
+    assert deployment.units()["flaky"]["restarts"] >= 1
+    deployment.delete("flaky")
+    wait_until("flaky gone", lambda: "flaky" not in deployment.units())
+
+
+def test_a_burst_of_thirty_files_is_coalesced_into_few_passes(deployment: Deployment) -> None:
+    # Invalid files: they start nothing, so every pass here comes from file events alone.
+    before = deployment.status()["agent"]["passes"]
+    for index in range(30):  # one after another, as Ansible writes them
+        deployment.write(f"burst{index:02d}", "[container]\nimagee = 'x'\n")
+        time.sleep(0.01)
+    wait_until(
+        "30 invalid units",
+        lambda: sum(1 for u in deployment.units().values() if u["state"] == "invalid") == 30,
+    )
+    time.sleep(0.5)
+    passes = deployment.status()["agent"]["passes"] - before
+    assert 1 <= passes <= 4, passes
+    for index in range(30):
+        deployment.delete(f"burst{index:02d}")
+    wait_until(
+        "the burst gone", lambda: not any(name.startswith("burst") for name in deployment.units())
+    )
 
 
 def test_a_deleted_unit_is_stopped_and_removed(deployment: Deployment) -> None:
