@@ -390,6 +390,26 @@ def test_a_burst_of_thirty_files_is_coalesced_into_few_passes(deployment: Deploy
     )
 
 
+def test_a_failing_pull_waits_with_backoff_and_blocks_no_other_unit(
+    deployment: Deployment,
+) -> None:
+    web = running(deployment, "web")
+    # Nothing listens there (the host's own namespace): the pull fails at once.
+    deployment.write("ghost", '[container]\nimage = "127.0.0.1:5999/nothing:1"\n')
+    ghost = wait_until(
+        "ghost waiting for a retry",
+        lambda: (u := deployment.units().get("ghost")) and u["state"] == "waiting" and u,
+    )
+    assert ghost["next_attempt"] is not None
+    assert "127.0.0.1:5999" in ghost["detail"]
+    deployment.write("other", WORKER.replace('requires = ["web"]', "requires = []"))
+    wait_until("another unit starting meanwhile", lambda: deployment.running_pid("other"))
+    assert deployment.running_pid("web") == web
+    deployment.delete("ghost")
+    deployment.delete("other")
+    wait_until("gone", lambda: not {"ghost", "other"} & set(deployment.units()))
+
+
 def test_a_deleted_unit_is_stopped_and_removed(deployment: Deployment) -> None:
     pid = wait_until("worker running", lambda: deployment.running_pid("worker"))
     deployment.delete("worker")
