@@ -1,0 +1,145 @@
+"""The agent's image policy against a real registry, inside the systemd test host.
+
+A ``docker-registry`` runs inside the host (on the host's own 127.0.0.1, which quayd there
+reaches), images are pushed to it with skopeo from inside the host, and quayd — the packaged
+service — pulls them as a device would: ``pull = "always"`` takes a new digest at the next
+(re)start, ``pull = "missing"`` keeps starting from the store with the registry gone.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from quayd.images.model import Platform
+from tests.support.agent import Deployment, running, wait_until
+from tests.support.images import Layer, OciLayout, busybox_entries, file
+from tests.support.systemd_host import CONTAINER_TEST_MARKS, systemd_host
+
+pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
+
+REGISTRY = "127.0.0.1:5000"  # inside the host's network namespace: nothing else listens there
+
+
+class Registry:
+    def __init__(self, deployment: Deployment) -> None:
+        self.host = deployment.host
+        self.root = deployment.host.state_dir / "registry"
+        self.root.mkdir()
+
+    def start(self) -> None:
+        config = self.root / "config.yml"
+        config.write_text(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+            f"    rootdirectory: {self.root / 'storage'}\n"
+            f"http:\n  addr: {REGISTRY}\n  secret: {secrets.token_hex(8)}\n"
+        )
+        self.host.run(
+            [
+                "sh",
+                "-c",
+                f"docker-registry serve {config} >{self.root / 'log'} 2>&1 & "
+                f"echo $! >{self.root / 'pid'}",
+            ]
+        )
+        wait_until("the registry", self._up)
+
+    def _up(self) -> bool:
+        probe = ["busybox", "wget", "-q", "-O", "/dev/null", f"http://{REGISTRY}/v2/"]
+        return self.host.run(probe, check=False).returncode == 0
+
+    def stop(self) -> None:
+        pid = (self.root / "pid").read_text().strip()
+        self.host.run(["kill", pid])
+        wait_until("the registry gone", lambda: not self._up())
+
+    def push(self, repository: str, version: str) -> None:
+        """An image whose /version says ``version``, pushed as ``repository:latest``."""
+        layout = OciLayout(self.root / f"layout-{repository.replace('/', '-')}-{version}")
+        entries = [*busybox_entries(), file("version", f"{version}\n".encode())]
+        descriptor, _ = layout.image([Layer.of(entries)], Platform.host())
+        layout.tag(descriptor, "latest")
+        self.host.run(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                f"oci:{layout.root}:latest",
+                f"docker://{REGISTRY}/{repository}:latest",
+            ],
+            env={"HOME": str(self.root)},
+        )
+
+
+@pytest.fixture(scope="module")
+def deployment(sd_notify: Path) -> Iterator[Deployment]:
+    with systemd_host() as host:
+        deployment = Deployment(host)
+        deployment.install(sd_notify)
+        deployment.host.systemctl("start", "quayd")
+        yield deployment
+        host.systemctl("stop", "quayd", check=False)
+
+
+@pytest.fixture(scope="module")
+def registry(deployment: Deployment) -> Registry:
+    registry = Registry(deployment)
+    registry.start()
+    return registry
+
+
+def unit(repository: str, pull: str) -> str:
+    return (
+        f'[container]\nimage = "{REGISTRY}/{repository}:latest"\n'
+        'command = ["sh", "-c", "trap \'exit 0\' TERM; while :; do sleep 0.2; done"]\n'
+        f'[image]\npull = "{pull}"\n[restart]\nbackoff = "500ms"\n'
+    )
+
+
+def version_in(deployment: Deployment, name: str) -> str:
+    done = deployment.host.run(
+        ["crun", "--root", "/run/quay/crun", "exec", name, "cat", "/version"]
+    )
+    return done.stdout.strip()
+
+
+def test_pull_always_takes_the_new_digest_at_the_next_start(
+    deployment: Deployment, registry: Registry
+) -> None:
+    registry.push("r/auto", "1")
+    deployment.write("auto", unit("r/auto", "always"))
+    first = running(deployment, "auto")
+    assert version_in(deployment, "auto") == "1"
+
+    registry.push("r/auto", "2")
+    assert deployment.running_pid("auto") == first  # a running container is not replaced
+    deployment.host.run(["kill", "-KILL", str(first)])
+    wait_until(
+        "auto restarted with version 2",
+        lambda: (
+            deployment.running_pid("auto") not in (None, first)
+            and version_in(deployment, "auto") == "2"
+        ),
+    )
+
+
+def test_pull_missing_starts_from_the_store_with_the_registry_gone(
+    deployment: Deployment, registry: Registry
+) -> None:
+    registry.push("r/pinned", "1")
+    deployment.write("pinned", unit("r/pinned", "missing"))
+    first = running(deployment, "pinned")
+    registry.stop()
+    deployment.host.run(["kill", "-KILL", str(first)])
+    second = wait_until(
+        "pinned back without a registry",
+        lambda: (pid := deployment.running_pid("pinned")) and pid != first and pid,
+    )
+    assert version_in(deployment, "pinned") == "1"
+    # And an agent restart while offline adopts it as it is.
+    deployment.host.systemctl("restart", "quayd")
+    assert wait_until("pinned adopted", lambda: deployment.running_pid("pinned")) == second
