@@ -299,6 +299,20 @@ def test_a_deleted_unit_is_stopped_and_removed(deployment: Deployment) -> None:
     assert "ActiveState=active" not in scope
 
 
+def test_reload_runs_a_pass_and_returns_to_active(deployment: Deployment) -> None:
+    pid = running(deployment, "web")
+    before = deployment.status()["agent"]["passes"]
+    deployment.host.systemctl("reload", "quayd")
+    wait_until(
+        "a pass after SIGHUP, active again",
+        lambda: (
+            deployment.status()["agent"]["passes"] > before
+            and deployment.show("ActiveState")["ActiveState"] == "active"
+        ),
+    )
+    assert deployment.running_pid("web") == pid
+
+
 def test_stopping_quayd_leaves_containers_running(deployment: Deployment) -> None:
     pid = wait_until("web running", lambda: deployment.running_pid("web"))
     deployment.host.systemctl("stop", "quayd")
