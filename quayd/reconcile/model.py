@@ -40,9 +40,13 @@ class Desired:
     units: Mapping[str, DesiredUnit]
     invalid: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Units whose file is invalid and which have no last good version: nothing runs for them."""
+    held: frozenset[str] = frozenset()
+    """Units an operator stopped (``quayctl stop``): kept stopped until ``quayctl start``."""
 
 
 # --- observed --------------------------------------------------------------------------------
+
+StopReason = Literal["replace", "remove", "failure", "shutdown", "hold"]
 
 
 @dataclass(frozen=True)
@@ -59,10 +63,10 @@ class Exit:
     oom: bool | None = None
     ready: bool = True
     """Whether it had become ready before it ended (an exit before ready is a failure)."""
-    stopped_for: Literal["replace", "remove", "failure", "shutdown"] | None = None
-    """Set when quay stopped it: "replace" (the unit changed), "remove" (the unit went),
-    "failure" (not ready in time, unhealthy), "shutdown" (quay told to stop everything).
-    None: the container ended by itself."""
+    stopped_for: StopReason | None = None
+    """Set when quay stopped it: "replace" (the unit changed, or an operator's restart),
+    "remove" (the unit went), "failure" (not ready in time, unhealthy), "shutdown" (quay told to
+    stop everything), "hold" (an operator's ``quayctl stop``). None: it ended by itself."""
 
     @property
     def known(self) -> bool:
@@ -153,7 +157,7 @@ class Stop:
 
     unit: str
     reason: str
-    why: Literal["replace", "remove", "failure", "shutdown"]
+    why: StopReason
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,7 @@ State = Literal[
     "running",  # ready
     "stopping",
     "exited",  # ended and not restarted (policy)
+    "stopped",  # stopped by an operator (quayctl stop) until quayctl start
     "backoff",  # ended; restarts at next_attempt
     "removing",
 ]

@@ -13,6 +13,8 @@ State table, per unit (first matching row wins; the action, then the ``[state]``
     file invalid, no last good version     none          [invalid]  even if a container runs
     file removed, container live           Stop remove   [stopping]
     file removed, leftovers on the host    Remove        [removing]
+    held by an operator, container live    Stop hold     [stopping]
+    held by an operator                    none          [stopped]   until quayctl start
 
     live container, other hash             Stop replace  [stopping]  # RUNNING -> STOPPING
     live, not ready at the deadline        Stop failure  [stopping]  # STARTING -> STOPPING
@@ -151,8 +153,8 @@ def is_failure(exit: Exit) -> bool:
 def record_exit(history: History | None, exit: Exit, unit: Unit) -> History:
     """The unit's History after ``exit``: the restart count that sets the next backoff."""
     previous = history.restarts if history is not None else 0
-    if exit.stopped_for in ("replace", "remove"):
-        restarts = 0  # a new version (or a new file) starts fresh
+    if exit.stopped_for in ("replace", "remove", "hold"):
+        restarts = 0  # a new version, a new file, an operator's start: afresh
     elif exit.stopped_for == "shutdown":
         restarts = previous
     else:
@@ -167,6 +169,8 @@ def describe_exit(exit: Exit) -> str:
         text = "stopped as failed (not ready in time, or unhealthy)"
     elif exit.stopped_for == "shutdown":
         text = "stopped by quay's shutdown"
+    elif exit.stopped_for == "hold":
+        text = "stopped by an operator"
     elif exit.oom:
         text = "OOM-killed"
     elif exit.signal is not None:
@@ -282,6 +286,8 @@ def _decide(
     if entry is None:
         return _undesired(name, desired, observed)
     container = observed.containers.get(name)
+    if name in desired.held:
+        return _with_findings(_held(name, container is not None), entry.findings)
     if container is not None:
         decision = _live(entry, container, now)
     else:
@@ -324,6 +330,18 @@ def _undesired(name: str, desired: Desired, observed: Observed) -> _Decision:
         return _Decision(_status(name, "stopping", reason), Stop(name, reason, "remove"))
     reason = "unit file removed: removing what it left (network attachment, lease, directory)"
     return _Decision(_status(name, "removing", reason), Remove(name, reason))
+
+
+# held by an operator --------------------------------------------------------------------------
+
+
+def _held(name: str, live: bool) -> _Decision:
+    """``quayctl stop``: stop it and start nothing (no policy, no dependency) until released."""
+    if live:
+        reason = "stopped by an operator (quayctl stop)"
+        return _Decision(_status(name, "stopping", reason), Stop(name, reason, "hold"))
+    detail = f"stopped by an operator; `quayctl start {name}` starts it again"
+    return _Decision(_status(name, "stopped", detail))
 
 
 # a live container -----------------------------------------------------------------------------
@@ -387,7 +405,7 @@ def _not_running(
 
 
 # Exits after which the unit starts as new, outside the restart policy.
-_FRESH = ("replace", "remove")
+_FRESH = ("replace", "remove", "hold")
 
 
 def _start_reason(entry: DesiredUnit, last: Exit | None) -> str:
@@ -395,6 +413,8 @@ def _start_reason(entry: DesiredUnit, last: Exit | None) -> str:
         return "new unit: starting"
     if last.stopped_for == "remove":
         return "unit file added again: starting"
+    if last.stopped_for == "hold":
+        return "started by an operator (quayctl start)"
     if last.hash != entry.hash or last.stopped_for == "replace":
         return "unit changed: starting the new version"
     return "starting"

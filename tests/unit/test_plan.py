@@ -1046,3 +1046,54 @@ def test_scenario_removed_unit_stop_then_remove_then_gone() -> None:
     left = seen(leftovers=frozenset({"web"}))
     assert actions(plan(desired(), left, NOW + 1)) == [("remove", "web")]
     assert plan(desired(), seen(), NOW + 2) == Plan(actions=(), statuses={}, wake_at=None)
+
+
+# --- operator holds (quayctl stop / start) -------------------------------------------------------
+
+
+def held(*units: DesiredUnit, names: frozenset[str]) -> Desired:
+    return Desired(units={u.name: u for u in units}, held=names)
+
+
+def test_a_held_unit_with_a_container_is_stopped_for_the_operator() -> None:
+    result = plan(held(WEB, names=frozenset({"web"})), seen(live("web")), NOW)
+    assert actions(result) == [("stop", "web", "hold")]
+    assert status(result, "web").state == "stopping"
+
+
+@pytest.mark.parametrize("policy", ["always", "on-failure", "no"])
+def test_a_held_unit_stays_stopped_whatever_its_policy(policy: str) -> None:
+    web = want("web", restart={"policy": policy})
+    stopped = {"web": History(last_exit=ended(stopped_for="hold", code=0))}
+    result = plan(held(web, names=frozenset({"web"})), seen(history=stopped), NOW)
+    assert actions(result) == []
+    assert status(result, "web").state == "stopped"
+    assert "quayctl start web" in status(result, "web").detail
+    assert result.wake_at is None
+
+
+@pytest.mark.parametrize("policy", ["always", "on-failure", "no"])
+def test_a_released_unit_starts_at_once_whatever_its_policy(policy: str) -> None:
+    web = want("web", restart={"policy": policy})
+    stopped = {"web": History(restarts=0, last_exit=ended(at=NOW - 0.1, stopped_for="hold"))}
+    result = plan(desired(web), seen(images={"web": STORED}, history=stopped), NOW)
+    assert actions(result) == [("start", "web", "h1")]
+    assert "operator" in status(result, "web").detail
+
+
+def test_a_held_dependency_keeps_its_dependents_waiting() -> None:
+    app = want("app", depends={"requires": ["web"]})
+    result = plan(
+        held(WEB, app, names=frozenset({"web"})),
+        seen(images={"web": STORED, "app": STORED}),
+        NOW,
+    )
+    assert states(result) == {"app": "waiting", "web": "stopped"}
+
+
+def test_a_hold_resets_the_restart_count() -> None:
+    history = record_exit(
+        History(restarts=5), ended(stopped_for="hold"), unit(restart={"policy": "always"})
+    )
+    assert history.restarts == 0
+    assert not is_failure(ended(stopped_for="hold", code=137))
