@@ -1,14 +1,14 @@
-"""quayctl: the operator's tool. ``validate`` and ``render`` work without the agent; ``status``
-and ``ping`` ask the agent over its socket (``RUN_DIR/quayd.sock``).
+"""quayctl: the operator's tool. ``validate`` and ``render`` work without the agent; ``status``,
+``ping`` and ``plan`` ask the agent over its API socket (``RUN_DIR/quayd.sock``, docs/api.md).
 
-Exit codes: 0 success, 1 invalid configuration, 2 wrong usage; ``status`` and ``ping``, as
-supervisorctl: 3 some unit is not running (or not ready), 4 the agent cannot be reached (or
-cannot answer) or a unit asked for does not exist.
+Exit codes: 0 success, 1 invalid configuration, 2 wrong usage; for the commands that ask the
+agent, as supervisorctl: 3 some unit is not running (or not ready), 4 the agent cannot be reached
+(or cannot answer) or a unit asked for does not exist.
 
-``status`` and ``ping`` are found and run before anything heavy is imported: they load only
-:mod:`quayd.cli.client` and :mod:`quayd.cli.status` (no pydantic, no unit models, no HTTP
-client), so a script or a shell prompt can call them often. Every other command imports what it
-needs when it runs.
+``status``, ``ping`` and ``plan`` are found and run before anything heavy is imported: they
+load only :mod:`quayd.cli.client` and :mod:`quayd.cli.status` (the standard library's
+http.client; no pydantic, no unit models, no httpx or aiohttp), so a script or a shell prompt
+can call them often. Every other command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
-AGENT_COMMANDS = ("status", "ping")
+AGENT_COMMANDS = ("status", "ping", "plan")
 
 # The lean twin of quayd.cli.common's global options (importing that module loads pydantic);
 # tests/unit/test_status_format.py holds the two to the same options and defaults.
@@ -105,7 +105,7 @@ def _run(parser: argparse.ArgumentParser, arguments: list[str]) -> int:
     return code
 
 
-# --- status and ping: the lean path --------------------------------------------------------------
+# --- status, ping, plan: the lean path ----------------------------------------------------------
 
 
 def command_of(arguments: Sequence[str]) -> str | None:
@@ -147,7 +147,7 @@ def build_agent_parser() -> argparse.ArgumentParser:
 
 
 def add_agent_commands(commands: Any) -> None:
-    """Register ``status`` and ``ping`` (on the full parser and on the lean one alike)."""
+    """Register ``status``, ``ping`` and ``plan`` (on the full parser and the lean one alike)."""
     status = commands.add_parser(
         "status",
         help="show the agent's units and their states",
@@ -170,6 +170,18 @@ def add_agent_commands(commands: Any) -> None:
     ping.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
     ping.set_defaults(handler=cmd_ping)
 
+    plan = commands.add_parser(
+        "plan",
+        help="show what the agent is about to do",
+        description=(
+            "Print the actions the agent's last pass planned, one a line with its reason, or "
+            '"nothing to do". Exit status: 0; 4 the agent cannot be reached.'
+        ),
+    )
+    plan.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
+    plan.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
+    plan.set_defaults(handler=cmd_plan)
+
 
 def cmd_status(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
@@ -181,7 +193,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if socket_path is None:
         return EXIT_INVALID
     try:
-        payload = client.call(socket_path, "status", timeout=args.timeout)
+        payload = client.request(socket_path, "GET", "/v1/status", timeout=args.timeout)
     except (client.AgentUnreachableError, client.AgentError) as error:
         print(f"quayctl status: {error}", file=sys.stderr)
         return status.EXIT_UNREACHABLE
@@ -217,12 +229,37 @@ def cmd_ping(args: argparse.Namespace) -> int:
     if socket_path is None:
         return EXIT_INVALID
     try:
-        result = client.call(socket_path, "ping", timeout=args.timeout)
+        result = client.request(socket_path, "GET", "/v1/ping", timeout=args.timeout)
     except (client.AgentUnreachableError, client.AgentError) as error:
         print(f"quayctl ping: {error}", file=sys.stderr)
         return status.EXIT_UNREACHABLE
     pid = result.get("pid", "?") if isinstance(result, dict) else "?"
     print(f"quayd {pid} is up")
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from quayd.cli import client, status  # noqa: PLC0415
+
+    socket_path = agent_socket(args)
+    if socket_path is None:
+        return EXIT_INVALID
+    try:
+        payload = client.request(socket_path, "GET", "/v1/plan", timeout=args.timeout)
+    except (client.AgentUnreachableError, client.AgentError) as error:
+        print(f"quayctl plan: {error}", file=sys.stderr)
+        return status.EXIT_UNREACHABLE
+    actions = payload.get("actions") if isinstance(payload, dict) else None
+    if not isinstance(actions, list) or not all(isinstance(a, dict) for a in actions):
+        print("quayctl plan: the agent's answer is not a plan", file=sys.stderr)
+        return status.EXIT_UNREACHABLE
+    if args.json:
+        json.dump(payload, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(status.format_plan(actions))
     return EXIT_OK
 
 

@@ -1,4 +1,4 @@
-"""``quayctl status``: the agent's status payload as text, and the exit code it means.
+"""``quayctl status`` and ``plan``: the agent's payloads as text, and the exit code they mean.
 
 Pure functions of the payload (as the agent sends it, plain JSON) and ``now``, so every case is
 a table-driven unit test. Nothing here imports quayd's models: ``quayctl status`` stays lean,
@@ -171,3 +171,23 @@ def _clean(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def format_plan(actions: Sequence[Mapping[str, Any]]) -> str:
+    """``quayctl plan``: "replace web: unit changed: replacing the container", one a line.
+
+    A stop that replaces a changed unit says ``replace`` (the agent sends ``why``); any other
+    action says its kind. No action at all: "nothing to do".
+    """
+    if not actions:
+        return "nothing to do\n"
+    lines = []
+    for action in actions:
+        kind = str(action.get("kind", "?"))
+        if kind == "stop" and action.get("why") == "replace":
+            kind = "replace"
+        line = f"{kind} {action.get('unit', '?')}"
+        if action.get("reason"):
+            line += f": {action['reason']}"
+        lines.append(_clean(line))
+    return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ from quayd.cli.status import (
     format_duration,
     format_finding,
     format_header,
+    format_plan,
     format_status,
     select,
     unit_is_fine,
@@ -326,3 +327,34 @@ def test_the_lean_parser_has_the_global_options_of_the_full_one() -> None:
     assert quayctl.DEFAULT_SETTINGS_FILE == DEFAULT_SETTINGS_FILE
     assert Path(Settings().run_dir) == quayctl.DEFAULT_RUN_DIR
     assert client.SOCKET_NAME == api.SOCKET_NAME
+
+
+# --- quayctl plan --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("actions", "text"),
+    [
+        ([], "nothing to do\n"),
+        (
+            [
+                {
+                    "kind": "stop",
+                    "why": "replace",
+                    "unit": "web",
+                    "reason": "unit changed: replacing the container",
+                },
+                {"kind": "stop", "why": "failure", "unit": "db", "reason": "not ready in 5s"},
+                {"kind": "start", "unit": "job", "reason": "new unit"},
+                {"kind": "remove", "unit": "old"},
+            ],
+            "replace web: unit changed: replacing the container\n"
+            "stop db: not ready in 5s\n"
+            "start job: new unit\n"
+            "remove old\n",
+        ),
+        ([{"kind": "pull", "unit": "x", "reason": "\x1b[2J"}], "pull x: \\x1b[2J\n"),
+    ],
+)
+def test_plan_lines(actions: list[dict[str, Any]], text: str) -> None:
+    assert format_plan(actions) == text
