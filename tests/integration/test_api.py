@@ -47,7 +47,7 @@ def unit(name: str, state: str, **fields: Any) -> dict[str, Any]:
         "ready": state == "running",
         "detail": "",
         "pid": 4242 if live else None,
-        "started_at": NOW - 312 if live else None,
+        "started_at": time.time() - 312.2 if live else None,
         "restarts": 0,
         "next_attempt": None,
         "image": "registry.example/web:1",
@@ -62,6 +62,9 @@ class Agent:
 
     def __init__(self) -> None:
         self.units = [unit("web", "running", status_text="serving")]
+        # Counted from the fixture's time, in the middle of a minute: the header says 2h03m
+        # even on a slow machine (the suite may run long after this module was imported).
+        self.started_at = time.time() - 7380 - 30
         self.actions: list[dict[str, Any]] = []
         self.restarted: list[str] = []
         self.release = threading.Event()
@@ -72,10 +75,10 @@ class Agent:
             "agent": {
                 "pid": os.getpid(),
                 "version": "0.1.0",
-                "started_at": NOW - 7380,
+                "started_at": self.started_at,
                 "config_dir": "/etc/quay.d",
                 "passes": 42,
-                "last_pass_at": NOW - 1,
+                "last_pass_at": self.started_at + 7409,
             },
             "units": self.units,
         }
@@ -232,7 +235,7 @@ def test_status_prints_the_table_and_exits_0_when_all_runs(agent: Agent, run_dir
     assert lines[1].split() == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "DETAIL"]
     assert lines[2].split() == ["job", "exited", "-", "-", "0", "exited", "with", "status", "0"]
     web = lines[3].split()
-    # The uptime is counted from NOW (set at import) to when quayctl formats it: a loaded
+    # The uptime is counted from the fixture's time to when quayctl formats it: a loaded
     # machine may take a second or more between the two.
     assert web[3] in ("5m12s", "5m13s", "5m14s", "5m15s"), web
     assert web[:3] + web[4:] == ["web", "running", "4242", "0", "serving"]
