@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +37,12 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from quayd import __version__
-from quayd.agent.api import ApiServer
+from quayd.agent.api import ApiServer, RequestError
+from quayd.agent.events import EventLog
 from quayd.agent.logs import logger
 from quayd.images.registry import RegistryClient
 from quayd.images.store import Store
-from quayd.isolation.container import KILL_TIMEOUT, OomEvents
+from quayd.isolation.container import KILL_TIMEOUT, OomEvents, usage
 from quayd.isolation.notify import NotifySocket
 from quayd.isolation.runtime import Exit as RuntimeExit
 from quayd.isolation.runtime import ExitWatcher, become_subreaper, trim_log_file
@@ -65,8 +68,8 @@ from quayd.reconcile.model import (
     Stop,
     UnitStatus,
 )
-from quayd.reconcile.plan import plan, pull_backoff, record_exit, shutdown_plan
-from quayd.reconcile.records import ContainerRecord, unit_hash
+from quayd.reconcile.plan import describe_exit, plan, pull_backoff, record_exit, shutdown_plan
+from quayd.reconcile.records import ContainerRecord, unit_hash, write_json_atomically
 from quayd.units.directory import ConfigSnapshot, load_directory
 from quayd.units.findings import QuayConfigError
 from quayd.units.model import Unit
@@ -101,6 +104,7 @@ class Live:
     health: HealthState = field(default_factory=HealthState)
     status_text: str | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    health_history: deque[tuple[float, bool]] = field(default_factory=lambda: deque(maxlen=10))
     notify: NotifySocket | None = None
     exited: asyncio.Future[RuntimeExit] | None = None
 
@@ -149,6 +153,12 @@ class Agent:
         self.errors: dict[str, str] = {}
         self.starts: dict[str, tuple[str, int]] = {}
         """Per unit: the hash it runs and how often a container of that hash was started."""
+        self.exits: dict[str, deque[Exit]] = {}
+        self.events = EventLog(clock=clock)
+        self.holds: set[str] = set()
+        self._hashes: dict[str, str] = {}
+        self._states: dict[str, str] = {}
+        self._pass_waiters: list[asyncio.Future[int]] = []
         self.last_good: dict[str, tuple[Unit, str]] = {}
         self.plan: Plan = Plan(actions=(), statuses={})
         self.desired: Desired = Desired(units={})
@@ -185,8 +195,31 @@ class Agent:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
+    @property
+    def holds_file(self) -> Path:
+        return self.state_dir / "holds.json"
+
+    def _load_holds(self) -> None:
+        """Operators' stops survive agent restarts (the one other thing quay persists)."""
+        try:
+            document = json.loads(self.holds_file.read_text())
+            self.holds = {str(name) for name in document.get("held", [])}
+        except FileNotFoundError:
+            self.holds = set()
+        except (OSError, ValueError, AttributeError) as error:
+            log.error(
+                "holds file unreadable; no unit is held",
+                file=str(self.holds_file),
+                error=str(error),
+            )
+            self.holds = set()
+
+    def _save_holds(self) -> None:
+        write_json_atomically(self.holds_file, {"version": 1, "held": sorted(self.holds)})
+
     def _setup(self) -> None:
         become_subreaper()
+        self._load_holds()
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         profile = load_default_profile()
         if profile is None:
@@ -223,8 +256,18 @@ class Agent:
         await self._cleanup_leftovers()
         api = ApiServer(
             self.run_dir / "quayd.sock",
-            {"status": self._api_status, "plan": self._api_plan},
-            read_only={"status", "plan"},
+            {
+                "status": self._api_status,
+                "plan": self._api_plan,
+                "show": self._api_show,
+                "events": self._api_events,
+                "start": self._api_start,
+                "stop": self._api_stop,
+                "restart": self._api_restart,
+                "exec": self._api_exec,
+                "reload": self._api_reload,
+            },
+            read_only={"status", "plan", "show", "events"},
         )
         await api.start()
         observer = self._watch_config_dir()
@@ -350,11 +393,32 @@ class Agent:
         self.plan = plan(self.desired, self._observed(), now)
         self.passes += 1
         self.last_pass_at = now
+        self._emit_transitions()
+        waiters, self._pass_waiters = self._pass_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(self.passes)
         for action in self.plan.actions:
             log.info(
                 "action", kind=type(action).__name__.lower(), unit=action.unit, reason=action.reason
             )
             self._dispatch(action)
+
+    def _emit_transitions(self) -> None:
+        """Events for states a pass enters that no action reports: backoff, stopped."""
+        for name, status in self.plan.statuses.items():
+            before = self._states.get(name)
+            self._states[name] = status.state
+            if status.state == before:
+                continue
+            if status.state == "backoff":
+                self.events.emit(
+                    name, "restarting", status.detail, next_attempt=status.next_attempt
+                )
+            elif status.state == "stopped":
+                self.events.emit(name, "stopped", status.detail)
+        for name in set(self._states) - set(self.plan.statuses):
+            del self._states[name]
 
     def _desired(self, snapshot: ConfigSnapshot) -> Desired:
         units: dict[str, DesiredUnit] = {}
@@ -365,8 +429,25 @@ class Agent:
                 record = self.executor.image(loaded.unit)
                 digest = record.manifest_digest if record is not None else None
             digest_hash = unit_hash(loaded.unit, digest)
+            previous = self._hashes.get(name)
+            if previous is not None and previous != digest_hash:
+                self.events.emit(name, "changed", "the unit changed", hash=digest_hash)
+            self._hashes[name] = digest_hash
             self.last_good[name] = (loaded.unit, digest_hash)
             units[name] = DesiredUnit(name=name, unit=loaded.unit, hash=digest_hash)
+        self._last_good_of_invalid(snapshot, units, invalid)
+        for name in set(self._hashes) - set(units):
+            del self._hashes[name]
+        held = frozenset(name for name in self.holds if name in units)
+        return Desired(units=units, invalid=invalid, held=held)
+
+    def _last_good_of_invalid(
+        self,
+        snapshot: ConfigSnapshot,
+        units: dict[str, DesiredUnit],
+        invalid: dict[str, tuple[str, ...]],
+    ) -> None:
+        """An invalid file keeps its last good version running; without one, nothing runs."""
         for name, bad in snapshot.invalid.items():
             findings = tuple(str(finding) for finding in bad.findings if finding.is_error)
             good = self.last_good.get(name)
@@ -379,10 +460,13 @@ class Agent:
             if findings and self.errors.get(f"invalid:{name}") != findings[0]:
                 self.errors[f"invalid:{name}"] = findings[0]
                 log.error("invalid unit file", unit=name, findings=list(findings))
+                self.events.emit(name, "invalid", findings[0], findings=list(findings))
+        for key in list(self.errors):
+            if key.startswith("invalid:") and key.removeprefix("invalid:") not in snapshot.invalid:
+                del self.errors[key]
         for name in list(self.last_good):
             if name not in units and name not in invalid:
                 del self.last_good[name]
-        return Desired(units=units, invalid=invalid)
 
     def _observed(self) -> Observed:
         present = self.executor.present_images()
@@ -417,6 +501,10 @@ class Agent:
             Remove: "removing",
         }
         self.busy[action.unit] = kinds[type(action)]
+        if isinstance(action, Start):
+            self.events.emit(action.unit, "starting", action.reason)
+        elif isinstance(action, Stop):
+            self.events.emit(action.unit, "stopping", action.reason)
         task = asyncio.create_task(self._perform(action))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -435,7 +523,9 @@ class Agent:
                 self.history.pop(name, None)
                 self.pulls.pop(name, None)
                 self.starts.pop(name, None)
+                self.exits.pop(name, None)
                 log.info("removed", unit=name)
+                self.events.emit(name, "removed", "removed: network released, volumes kept")
         except Exception as error:  # reported in status; the planner decides what next
             self.errors[name] = str(error)
             log.error("action failed", unit=name, action=type(action).__name__, error=str(error))
@@ -452,6 +542,7 @@ class Agent:
         unit = self.desired.units[name].unit
         state = self.pulls.setdefault(name, PullState())
         state.pulling = True
+        self.events.emit(name, "pulling", f"pulling {unit.container.image}")
         try:
             record = await asyncio.to_thread(self.executor.pull, unit)
         except ExecutorError as error:
@@ -459,6 +550,7 @@ class Agent:
             state.error = str(error)
             state.retry_at = self.clock() + pull_backoff(state.failures)
             log.warning("pull failed", unit=name, error=str(error), retry_at=state.retry_at)
+            self.events.emit(name, "pull-failed", str(error), retry_at=state.retry_at)
             return
         finally:
             state.pulling = False
@@ -467,6 +559,9 @@ class Agent:
         state.failures = 0
         state.retry_at = None
         log.info("pulled", unit=name, image=record.reference, digest=record.manifest_digest)
+        self.events.emit(
+            name, "pulled", f"pulled {record.reference}", digest=record.manifest_digest
+        )
 
     async def _start(self, name: str, wanted_hash: str) -> None:
         desired = self.desired.units[name]
@@ -499,6 +594,7 @@ class Agent:
         self.starts[name] = (wanted_hash, count + 1 if previous_hash == wanted_hash else 1)
         self._track(name, launched, notify=notify)
         log.info("started", unit=name, pid=launched.pid, hash=wanted_hash)
+        self.events.emit(name, "started", f"started, pid {launched.pid}", pid=launched.pid)
 
     def _track(self, name: str, launched: Launched, *, notify: NotifySocket | None) -> None:
         live = Live(
@@ -577,6 +673,10 @@ class Agent:
             stopped_for=stopped_for,
         )
         self.history[live.name] = record_exit(self.history.get(live.name), exit_, live.record.unit)
+        self.exits.setdefault(live.name, deque(maxlen=10)).append(exit_)
+        self.events.emit(
+            live.name, "exited", describe_exit(exit_), code=result.code, signal=result.signal
+        )
         log.info(
             "ended",
             unit=live.name,
@@ -594,6 +694,7 @@ class Agent:
             return
         live.ready_at = self.clock()
         log.info("ready", unit=live.name)
+        self.events.emit(live.name, "ready", "ready")
         task = asyncio.create_task(self._persist_ready(live.name, live.ready_at))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -663,8 +764,14 @@ class Agent:
                 spec=spec,
                 since_start=self.clock() - live.record.started_at,
             )
+            live.health_history.append((self.clock(), passed))
             if live.health.unhealthy and not before.unhealthy:
                 log.warning("unhealthy", unit=live.name, failures=live.health.failures)
+                self.events.emit(
+                    live.name, "unhealthy", f"{live.health.failures} failed checks in a row"
+                )
+            elif before.unhealthy and not live.health.unhealthy:
+                self.events.emit(live.name, "healthy", "its health check passes again")
             if passed and live.record.unit.ready.mode == "healthy":
                 self._ready(live)
             if live.health != before:
@@ -784,7 +891,15 @@ class Agent:
         error = self.errors.get(status.name)
         if error and status.state in ("backoff", "waiting"):
             detail = f"{detail}; last error: {error}" if detail else error
+        unit = desired.unit if desired is not None else (live.record.unit if live else None)
+        exits = self.exits.get(status.name)
         return {
+            "health": _health_word(live),
+            "ip": self._address(status.name, unit),
+            "ports": [str(spec) for spec in unit.network.ports] if unit is not None else [],
+            "digest": live.record.image_digest if live else None,
+            "last_exit": _exit_json(exits[-1]) if exits else None,
+            "held": status.name in self.holds,
             "name": status.name,
             "state": status.state,
             "ready": status.ready,
@@ -798,6 +913,159 @@ class Agent:
             "status_text": live.status_text if live else None,
         }
 
+    def _address(self, name: str, unit: Unit | None) -> str | None:
+        if unit is None or unit.network.mode != "bridge":
+            return None
+        lease = self.network.lease_file.load().get(name)
+        return str(lease.ipv4) if lease is not None else None
+
+    def _known(self, params: Mapping[str, Any]) -> str:
+        name = str(params.get("name", ""))
+        known = set(self.plan.statuses) | set(self.desired.units) | set(self.live)
+        if name not in known:
+            raise RequestError("not-found", f"no unit {name!r} (quayctl status lists them)")
+        return name
+
+    async def _api_show(self, params: Mapping[str, Any]) -> Any:
+        name = self._known(params)
+        status = self.plan.statuses.get(name) or UnitStatus(name, "waiting")
+        summary = self._unit_status(status)
+        live = self.live.get(name)
+        desired = self.desired.units.get(name)
+        unit = desired.unit if desired is not None else (live.record.unit if live else None)
+        container = None
+        current = None
+        if live is not None:
+            container = {
+                "id": name,
+                "pid": live.pid,
+                "scope": f"quay-{name}.scope",
+                "started_at": live.record.started_at,
+                "ready_at": live.ready_at,
+            }
+            found = await asyncio.to_thread(usage, name)
+            if found is not None:
+                current = {
+                    "memory_bytes": found.memory_bytes,
+                    "cpu_seconds": found.cpu_seconds,
+                    "pids": found.pids,
+                }
+        resources = unit.resources if unit is not None else None
+        return {
+            **summary,
+            "unit": unit.model_dump(mode="json", exclude_none=True) if unit else None,
+            "container": container,
+            "limits": {
+                "memory": resources.memory if resources else None,
+                "cpus": resources.cpus if resources else None,
+                "pids": resources.pids if resources else None,
+            },
+            "usage": current,
+            "health": None
+            if live is None or not live.health_history
+            else {
+                "state": _health_word(live),
+                "failures": live.health.failures,
+                "history": [{"at": at, "passed": ok} for at, ok in live.health_history],
+            },
+            "exits": [_exit_json(exit_) for exit_ in self.exits.get(name, ())],
+        }
+
+    async def _api_events(self, params: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Checked before the stream starts, so a bad ``since`` is a 400, not a broken stream."""
+        since = params.get("since") or 0
+        if not isinstance(since, int) or since < 0:
+            raise RequestError("bad-request", "since must be an event number (0 or more)")
+        follow = params.get("follow") in (True, "true", "1", 1)
+
+        async def stream() -> AsyncIterator[dict[str, Any]]:
+            async for event in self.events.follow(since, follow=follow):
+                yield event.to_json()
+
+        return stream()
+
+    async def _api_stop(self, params: Mapping[str, Any]) -> Any:
+        name = self._known(params)
+        if name not in self.holds:
+            self.holds.add(name)
+            await asyncio.to_thread(self._save_holds)
+            self.events.emit(name, "held", "stopped by an operator (quayctl stop)")
+            log.info("held", unit=name)
+        await self._next_pass()
+        return {"unit": name, "held": True, "message": f"{name} is stopped until quayctl start"}
+
+    async def _api_start(self, params: Mapping[str, Any]) -> Any:
+        name = self._known(params)
+        if name in self.holds:
+            self.holds.discard(name)
+            await asyncio.to_thread(self._save_holds)
+            self.events.emit(name, "released", "started by an operator (quayctl start)")
+            log.info("released", unit=name)
+        await self._next_pass()
+        return {"unit": name, "held": False, "message": f"{name} starts as its unit says"}
+
+    async def _api_restart(self, params: Mapping[str, Any]) -> Any:
+        """Stop and start again now: no backoff, the hold (if any) lifted."""
+        name = self._known(params)
+        if name in self.holds:
+            self.holds.discard(name)
+            await asyncio.to_thread(self._save_holds)
+            self.events.emit(name, "released", "restarted by an operator")
+        if name in self.busy:
+            raise RequestError("conflict", f"{name} is {self.busy[name]}; try again in a moment")
+        if name in self.live:
+            self._dispatch(Stop(name, "restarted by an operator (quayctl restart)", "replace"))
+        else:
+            history = self.history.get(name)
+            if history is not None and history.last_exit is not None:
+                # the backoff and the policy step aside: the last run counts as replaced
+                last = history.last_exit
+                self.history[name] = History(
+                    restarts=0,
+                    last_exit=Exit(
+                        at=last.at,
+                        hash=last.hash,
+                        started_at=last.started_at,
+                        code=last.code,
+                        signal=last.signal,
+                        oom=last.oom,
+                        ready=last.ready,
+                        stopped_for="replace",
+                    ),
+                )
+        await self._next_pass()
+        return {"unit": name, "message": f"{name} is restarting"}
+
+    async def _api_exec(self, params: Mapping[str, Any]) -> Any:
+        name = self._known(params)
+        argv = params.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise RequestError("bad-request", "argv must be a non-empty list of strings")
+        if name not in self.live:
+            raise RequestError("conflict", f"{name} has no running container")
+        timeout = float(params.get("timeout") or 60.0)
+        try:
+            done = await asyncio.to_thread(self.executor.runtime.exec, name, argv, timeout=timeout)
+        except Exception as error:
+            raise RequestError("failed", str(error)) from error
+        return {
+            "code": done.returncode,
+            "stdout": done.stdout.decode(errors="replace"),
+            "stderr": done.stderr.decode(errors="replace"),
+        }
+
+    async def _api_reload(self, params: Mapping[str, Any]) -> Any:
+        del params
+        passes = await self._next_pass()
+        return {"passes": passes}
+
+    async def _next_pass(self) -> int:
+        """Wake the loop and wait until a pass has planned with what the caller changed."""
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pass_waiters.append(waiter)
+        self.wake()
+        return await waiter
+
     async def _api_plan(self, params: Mapping[str, Any]) -> Any:
         del params
         return {
@@ -806,11 +1074,30 @@ class Agent:
                     "kind": type(action).__name__.lower(),
                     "unit": action.unit,
                     "reason": action.reason,
+                    **({"why": action.why} if isinstance(action, Stop) else {}),
                 }
                 for action in self.plan.actions
             ],
             "wake_at": self.plan.wake_at,
         }
+
+
+def _health_word(live: Live | None) -> str | None:
+    if live is None or not live.health_history:
+        return None
+    if live.health.unhealthy:
+        return "unhealthy"
+    return "healthy" if live.health.healthy else "starting"
+
+
+def _exit_json(exit_: Exit) -> dict[str, Any]:
+    return {
+        "at": exit_.at,
+        "code": exit_.code,
+        "signal": exit_.signal,
+        "oom": exit_.oom,
+        "description": describe_exit(exit_),
+    }
 
 
 async def _wait(future: asyncio.Future[RuntimeExit], timeout: float) -> RuntimeExit | None:

@@ -410,6 +410,61 @@ def oom_kills(name: str, driver: Driver, *, cgroup_root: Path = CGROUP_ROOT) -> 
     return sum(count for count in counts if count is not None)
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What a running container uses now, from its cgroup (``quayctl show``)."""
+
+    memory_bytes: int | None
+    cpu_seconds: float | None
+    pids: int | None
+
+
+def usage(name: str, *, cgroup_root: Path = CGROUP_ROOT) -> Usage | None:
+    """Memory, CPU time and process count of the container's scope; None when it is gone.
+
+    Read at the scope, which counts the cgroups below it (crun's ``container`` child on v1).
+    """
+    scope = f"quay.slice/quay-{name}.scope"
+    memory = cgroup_root / "memory"
+    if not memory.is_dir():  # v2: one hierarchy
+        top = cgroup_root / scope
+        if not top.is_dir():
+            return None
+        usec = _stat_field(top / "cpu.stat", "usage_usec")
+        return Usage(
+            memory_bytes=_int_file(top / "memory.current"),
+            cpu_seconds=usec / 1e6 if usec is not None else None,
+            pids=_int_file(top / "pids.current"),
+        )
+    if not (memory / scope).is_dir():
+        return None
+    nanoseconds = _int_file(cgroup_root / "cpuacct" / scope / "cpuacct.usage")
+    return Usage(
+        memory_bytes=_int_file(memory / scope / "memory.usage_in_bytes"),
+        cpu_seconds=nanoseconds / 1e9 if nanoseconds is not None else None,
+        pids=_int_file(cgroup_root / "pids" / scope / "pids.current"),
+    )
+
+
+def _int_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _stat_field(path: Path, key: str) -> int | None:
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return None
+
+
 def _oom_kill_field(path: Path) -> int | None:
     try:
         text = path.read_text()

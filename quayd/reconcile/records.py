@@ -58,9 +58,16 @@ class ContainerRecord:
 
 
 def write_record(directory: Path, record: ContainerRecord) -> None:
-    """Replace ``directory/quay.json``: temp file, fsync, rename (a reader sees old or new)."""
-    data = json.dumps(record.to_json(), indent=1, sort_keys=True).encode()
-    temporary = directory / f".{RECORD}.tmp"
+    """Replace ``directory/quay.json`` atomically (a reader sees the old or the new record)."""
+    write_json_atomically(directory / RECORD, record.to_json())
+
+
+def write_json_atomically(path: Path, document: Any) -> None:
+    """Replace ``path`` with ``document`` as JSON: temp file, fsync, rename, fsync the directory
+    (after a power cut the file is the old one or the new one, never a part)."""
+    data = json.dumps(document, indent=1, sort_keys=True).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
@@ -69,7 +76,12 @@ def write_record(directory: Path, record: ContainerRecord) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(temporary, directory / RECORD)
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def read_record(directory: Path) -> ContainerRecord | None:
