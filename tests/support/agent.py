@@ -113,6 +113,23 @@ class Deployment:
         result: dict[str, Any] = json.loads(done.stdout)
         return result
 
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        """One call to the agent's API from inside the host: the result, or
+        ``{"error": {"code", "message", "status"}}``."""
+        code = (
+            "import json, sys\n"
+            "from quayd.cli.client import AgentError, request\n"
+            "try:\n"
+            f"    result = request({RUN_DIR + '/quayd.sock'!r}, sys.argv[1], sys.argv[2],"
+            " json.loads(sys.argv[3]), timeout=30)\n"
+            "except AgentError as error:\n"
+            "    result = {'error': {'code': error.code, 'message': str(error),"
+            " 'status': getattr(error, 'status', None)}}\n"
+            "print(json.dumps(result))\n"
+        )
+        done = self.host.python(code, method, path, json.dumps(body))
+        return json.loads(done.stdout)
+
     def units(self) -> dict[str, dict[str, Any]]:
         return {unit["name"]: unit for unit in self.status().get("units", [])}
 

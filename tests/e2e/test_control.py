@@ -1,0 +1,134 @@
+"""The control API against the real agent (the packaged service in the systemd test host).
+
+Calls go through quayctl's own client, from inside the host (the socket is in the host's
+private /run): status fields, show with the cgroup's usage, stop/start holds that survive an
+agent restart, restart without backoff, exec, events, plan and reload.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.agent import IMAGE, Deployment, running, wait_until
+from tests.support.systemd_host import CONTAINER_TEST_MARKS, systemd_host
+
+pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
+
+SERVE = "mkdir -p /tmp/w; echo hello > /tmp/w/index.html; exec httpd -f -p 80 -h /tmp/w"
+WEB = f"""
+[container]
+image = "{IMAGE}"
+command = ["sh", "-c", "{SERVE}"]
+stop_timeout = "2s"
+[ready]
+mode = "tcp"
+port = 80
+[health]
+command = ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1/"]
+interval = "300ms"
+[resources]
+memory = "64M"
+pids = 32
+[restart]
+backoff = "1m"
+[network]
+ports = ["8080:80"]
+"""
+
+
+@pytest.fixture(scope="module")
+def deployment(sd_notify: Path) -> Iterator[Deployment]:
+    with systemd_host() as host:
+        deployment = Deployment(host)
+        deployment.install(sd_notify)
+        deployment.write("web", WEB)
+        host.systemctl("start", "quayd")
+        running(deployment, "web")
+        yield deployment
+        host.systemctl("stop", "quayd", check=False)
+
+
+def test_status_carries_health_address_ports_and_digest(deployment: Deployment) -> None:
+    web = wait_until(
+        "web healthy", lambda: (u := deployment.units()["web"])["health"] == "healthy" and u
+    )
+    assert web["ip"].startswith("10.89.0.")
+    assert web["ports"] == ["8080:80"]
+    assert web["digest"].startswith("sha256:")
+    assert web["held"] is False
+    assert web["last_exit"] is None
+
+
+def test_show_has_the_config_limits_usage_and_health_history(deployment: Deployment) -> None:
+    shown = deployment.api("GET", "/v1/units/web")
+    assert shown["unit"]["resources"]["memory"] == "64M"
+    assert shown["limits"] == {"memory": 64 * 1024 * 1024, "cpus": None, "pids": 32}
+    assert shown["container"]["scope"] == "quay-web.scope"
+    assert shown["container"]["pid"] == deployment.running_pid("web")
+    usage = shown["usage"]
+    assert 0 < usage["memory_bytes"] < 64 * 1024 * 1024
+    assert usage["pids"] >= 1
+    assert usage["cpu_seconds"] >= 0
+    assert shown["health"]["history"]
+    assert all(check["passed"] for check in shown["health"]["history"])
+    missing = deployment.api("GET", "/v1/units/nope")
+    assert missing["error"]["code"] == "not-found"
+
+
+def test_exec_runs_in_the_container_and_returns_its_code(deployment: Deployment) -> None:
+    done = deployment.api("POST", "/v1/units/web/exec", {"argv": ["sh", "-c", "hostname; exit 3"]})
+    assert done == {"code": 3, "stdout": "web\n", "stderr": ""}
+    bad = deployment.api("POST", "/v1/units/web/exec", {"argv": "ls"})
+    assert bad["error"]["code"] == "bad-request"
+
+
+def test_stop_holds_across_an_agent_restart_and_start_releases(deployment: Deployment) -> None:
+    pid = running(deployment, "web")
+    held = deployment.api("POST", "/v1/units/web/stop")
+    assert held["held"] is True
+    wait_until("web stopped", lambda: deployment.unit_state("web") == "stopped")
+    assert not deployment.alive(pid)
+    deployment.host.systemctl("restart", "quayd")
+    wait_until("the new agent", lambda: deployment.status().get("agent"))
+    assert deployment.unit_state("web") == "stopped"
+    assert deployment.units()["web"]["held"] is True
+    deployment.api("POST", "/v1/units/web/start")
+    assert running(deployment, "web") != pid
+    assert deployment.units()["web"]["held"] is False
+
+
+def test_restart_replaces_the_container_at_once(deployment: Deployment) -> None:
+    pid = running(deployment, "web")
+    deployment.api("POST", "/v1/units/web/restart")
+    new = wait_until(
+        "a new web", lambda: (p := deployment.running_pid("web")) and p != pid and p, timeout=15
+    )
+    assert not deployment.alive(pid)
+    assert deployment.alive(new)
+
+
+def test_events_tell_what_happened(deployment: Deployment) -> None:
+    events = deployment.host.python(
+        "import json\n"
+        "from quayd.cli.client import stream\n"
+        "for e in stream('/run/quay/quayd.sock', '/v1/events?follow=false'):\n"
+        "    print(json.dumps(e))\n"
+    ).stdout.splitlines()
+    # The log is the agent's memory: it starts with the agent restarted by the hold test.
+    kinds = [json.loads(line)["kind"] for line in events]
+    for kind in ("stopped", "released", "starting", "started", "ready", "stopping", "exited"):
+        assert kind in kinds, (kind, kinds)
+    seqs = [json.loads(line)["seq"] for line in events]
+    assert seqs == sorted(seqs)
+
+
+def test_plan_and_reload(deployment: Deployment) -> None:
+    planned = deployment.api("GET", "/v1/plan")
+    assert planned["actions"] == []
+    before = deployment.status()["agent"]["passes"]
+    reloaded = deployment.api("POST", "/v1/reload")
+    assert reloaded["passes"] > before
