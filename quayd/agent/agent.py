@@ -172,6 +172,7 @@ class Agent:
         self._reloading = False
         self._wake: asyncio.Event | None = None
         self._file_event_at: float | None = None
+        self._last_file_event: float | None = None
         self._by_pid: dict[int, str] = {}
         self._trimmed_at = 0.0
 
@@ -321,7 +322,9 @@ class Agent:
             self.notifier.notify("WATCHDOG=1\nSTATUS=" + self._status_line())
 
     async def _coalesce(self) -> None:
-        """After a file event, wait until the directory is quiet (Ansible writing 30 files)."""
+        """In a burst of file events, wait until the directory is quiet (Ansible writing 30
+        files), at most :data:`COALESCE_MAX_SECONDS`. A lone complete change (see
+        :meth:`_on_file_event`) sets no wait: a single edit costs no latency."""
         assert self._wake is not None
         first = self._file_event_at
         while first is not None:
@@ -351,7 +354,11 @@ class Agent:
             def on_any_event(self, event: FileSystemEvent) -> None:
                 if event.event_type in ("opened", "closed_no_write"):
                     return
-                loop.call_soon_threadsafe(agent._on_file_event)
+                path = os.fsdecode(event.dest_path or event.src_path)
+                if event.event_type != "moved" and Path(path).name.startswith("."):
+                    return  # a temp file being written: only its rename into place counts
+                complete = event.event_type in ("moved", "deleted", "closed")
+                loop.call_soon_threadsafe(agent._on_file_event, complete)
 
         observer = Observer()
         self.config_dir.mkdir(parents=True, exist_ok=True)
@@ -360,8 +367,15 @@ class Agent:
         observer.start()
         return observer
 
-    def _on_file_event(self) -> None:
-        self._file_event_at = self.clock()
+    def _on_file_event(self, complete: bool) -> None:
+        """A rename into place, a deletion or a closed write is complete: when it comes alone,
+        the pass runs at once. Anything else (a write in progress, the next file of a burst)
+        starts or extends the quiet window."""
+        now = self.clock()
+        lone = self._last_file_event is None or now - self._last_file_event >= COALESCE_SECONDS
+        self._last_file_event = now
+        if not (complete and lone):
+            self._file_event_at = now
         self.wake()
 
     # --- one pass ---------------------------------------------------------------------------
