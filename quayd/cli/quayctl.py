@@ -1,14 +1,17 @@
-"""quayctl: the operator's tool. ``validate`` and ``render`` work without the agent; ``status``,
-``ping`` and ``plan`` ask the agent over its API socket (``RUN_DIR/quayd.sock``, docs/api.md).
+"""quayctl: the operator's tool. ``validate``, ``render`` and ``image`` work without the agent;
+``status``, ``ping``, ``plan`` and the commands of :mod:`quayd.cli.control` (``show``, ``events``,
+``wait``, ``start``, ``stop``, ``restart``, ``exec``, ``reload``) ask the agent over its API socket
+(``RUN_DIR/quayd.sock``, docs/api.md); ``logs`` reads journald or the log file.
 
-Exit codes: 0 success, 1 invalid configuration, 2 wrong usage; for the commands that ask the
-agent, as supervisorctl: 3 some unit is not running (or not ready), 4 the agent cannot be reached
-(or cannot answer) or a unit asked for does not exist.
+Exit codes: 0 success, 1 invalid configuration (or, for a command that asks the agent: no such
+unit, or the agent refused), 2 wrong usage; as supervisorctl: 3 some unit is not running (or not
+ready; ``status``), 4 the agent cannot be reached (or cannot answer) or a unit asked for does not
+exist (``status``, ``wait``). ``wait``: 1 a unit failed, 2 timed out. ``exec``: the command's.
 
-``status``, ``ping`` and ``plan`` are found and run before anything heavy is imported: they
-load only :mod:`quayd.cli.client` and :mod:`quayd.cli.status` (the standard library's
-http.client; no pydantic, no unit models, no httpx or aiohttp), so a script or a shell prompt
-can call them often. Every other command imports what it needs when it runs.
+The agent's commands are found and run before anything heavy is imported: they load only
+:mod:`quayd.cli.client`, :mod:`quayd.cli.status` and :mod:`quayd.cli.control` (the standard
+library's http.client; no pydantic, no unit models, no httpx or aiohttp), so a script or a shell
+prompt can call them often. Every other command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -27,17 +30,32 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
-AGENT_COMMANDS = ("status", "ping", "plan")
+AGENT_COMMANDS = (
+    "status",
+    "ping",
+    "plan",
+    "show",
+    "logs",
+    "events",
+    "wait",
+    "start",
+    "stop",
+    "restart",
+    "exec",
+    "reload",
+)
 
 # The lean twin of quayd.cli.common's global options (importing that module loads pydantic);
 # tests/unit/test_status_format.py holds the two to the same options and defaults.
 DEFAULT_SETTINGS_FILE = Path("/etc/quay/quayd.toml")
 DEFAULT_RUN_DIR = Path("/run/quay")
+DEFAULT_STATE_DIR = Path("/var/lib/quay")
 _VALUE_OPTIONS = ("--config", "--config-dir", "--state-dir", "--run-dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from quayd.cli.common import add_global_options  # noqa: PLC0415
+    from quayd.cli.completion import add_completion_command  # noqa: PLC0415
     from quayd.cli.image_commands import add_image_commands  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
@@ -80,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(handler=cmd_render)
     add_image_commands(commands)
     add_agent_commands(commands)
+    add_completion_command(commands)
     return parser
 
 
@@ -147,40 +166,51 @@ def build_agent_parser() -> argparse.ArgumentParser:
 
 
 def add_agent_commands(commands: Any) -> None:
-    """Register ``status``, ``ping`` and ``plan`` (on the full parser and the lean one alike)."""
-    status = commands.add_parser(
+    """Register the agent's commands (on the full parser and the lean one alike)."""
+    from quayd.cli.control import add_control_commands, add_parser  # noqa: PLC0415
+
+    status = add_parser(
+        commands,
         "status",
-        help="show the agent's units and their states",
-        description=(
-            "Show the agent and its units. Exit status: 0 every unit (or each NAME) is running "
-            "and ready, or has exited; 3 some unit is in another state; 4 the agent cannot be "
-            "reached, or a NAME is not one of its units."
-        ),
+        "show the agent's units and their states",
+        "Show the agent and its units: state, health, image and digest, address, published "
+        "ports, restarts, uptime (or the last exit) and why each is where it is; coloured on a "
+        "terminal (not with NO_COLOR set). Exit status: 0 every unit (or each NAME) is running "
+        "and ready, has exited, or was stopped by an operator; 3 some unit is in another state; "
+        "4 the agent cannot be reached, or a NAME is not one of its units.",
+        "quayctl status",
+        "quayctl status web worker",
+        "quayctl status --json | jq '.units[] | {name, state}'",
     )
     status.add_argument("names", nargs="*", metavar="NAME", help="only these units")
     status.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
     status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
     status.set_defaults(handler=cmd_status)
 
-    ping = commands.add_parser(
+    ping = add_parser(
+        commands,
         "ping",
-        help="check that the agent answers",
-        description="Print the agent's pid if it answers (exit 0); exit 4 if it does not.",
+        "check that the agent answers",
+        "Print the agent's pid if it answers (exit 0); exit 4 if it does not.",
+        "quayctl ping",
+        "until quayctl ping >/dev/null 2>&1; do sleep 0.2; done",
     )
     ping.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
     ping.set_defaults(handler=cmd_ping)
 
-    plan = commands.add_parser(
+    plan = add_parser(
+        commands,
         "plan",
-        help="show what the agent is about to do",
-        description=(
-            "Print the actions the agent's last pass planned, one a line with its reason, or "
-            '"nothing to do". Exit status: 0; 4 the agent cannot be reached.'
-        ),
+        "show what the agent is about to do",
+        "Print the actions the agent's last pass planned, one a line with its reason, or "
+        '"nothing to do". Exit status: 0; 4 the agent cannot be reached.',
+        "quayctl plan",
+        "quayctl plan --json",
     )
     plan.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
     plan.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
     plan.set_defaults(handler=cmd_plan)
+    add_control_commands(commands)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -205,12 +235,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         json.dump(selected, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(status.format_status(selected, time.time()))
+        sys.stdout.write(format_for(selected, time.time()))
     for name in unknown:
         print(f"quayctl status: the agent has no unit {name!r}", file=sys.stderr)
     if unknown:
         return status.EXIT_UNREACHABLE
     return status.exit_code(selected["units"])
+
+
+def format_for(payload: dict[str, Any], now: float) -> str:
+    """The table as this terminal shows it: coloured, as wide as the window (100 at least)."""
+    import contextlib  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    from quayd.cli import status  # noqa: PLC0415
+
+    tty = sys.stdout.isatty()
+    width = status.TABLE_WIDTH
+    if tty:
+        with contextlib.suppress(OSError):
+            width = max(width, os.get_terminal_size(sys.stdout.fileno()).columns)
+    return status.format_table(payload, now, colour=status.use_colour(tty, os.environ), width=width)
 
 
 def _is_status(payload: Any) -> bool:
@@ -264,33 +309,41 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def agent_socket(args: argparse.Namespace) -> Path | None:
-    """``RUN_DIR/quayd.sock``, RUN_DIR as every command resolves it; None once an error is shown.
-
-    ``--run-dir`` wins. Otherwise only ``run_dir`` of the settings file matters, so the file is
-    read with tomllib alone; when that does not give an absolute path (bad TOML, a bad value, an
-    unreadable or missing --config file), the full loader runs, to report the error with file,
-    line and key as every other command does.
-    """
+    """``RUN_DIR/quayd.sock``, RUN_DIR as every command resolves it; None once an error is shown."""
     from quayd.cli.client import SOCKET_NAME  # noqa: PLC0415
 
-    if args.run_dir is not None:
-        return Path(args.run_dir).absolute() / SOCKET_NAME
+    run_dir = setting_dir(args, "run_dir", DEFAULT_RUN_DIR)
+    return None if run_dir is None else run_dir / SOCKET_NAME
+
+
+def setting_dir(args: argparse.Namespace, key: str, default: Path) -> Path | None:
+    """The directory ``key`` (``run_dir``, ``state_dir``) as every command resolves it; None once
+    an error is shown.
+
+    Its option (``--run-dir``) wins. Otherwise only ``key`` of the settings file matters, so the
+    file is read with tomllib alone; when that does not give an absolute path (bad TOML, a bad
+    value, an unreadable or missing --config file), the full loader runs, to report the error
+    with file, line and key as every other command does.
+    """
+    given = getattr(args, key, None)
+    if given is not None:
+        return Path(given).absolute()
     try:
         with (args.config or DEFAULT_SETTINGS_FILE).open("rb") as file:
             import tomllib  # noqa: PLC0415
 
-            run_dir = tomllib.load(file).get("run_dir", str(DEFAULT_RUN_DIR))
+            value = tomllib.load(file).get(key, str(default))
     except FileNotFoundError:
-        run_dir = str(DEFAULT_RUN_DIR) if args.config is None else None
+        value = str(default) if args.config is None else None
     except (OSError, ValueError):
-        run_dir = None
-    if isinstance(run_dir, str) and run_dir.startswith("/"):
-        return Path(run_dir) / SOCKET_NAME
+        value = None
+    if isinstance(value, str) and value.startswith("/"):
+        return Path(value)
     from quayd.cli.common import report_config_error, settings_from  # noqa: PLC0415
     from quayd.units.findings import QuayConfigError  # noqa: PLC0415
 
     try:
-        return Path(settings_from(args).run_dir) / SOCKET_NAME
+        return Path(getattr(settings_from(args), key))
     except QuayConfigError as error:
         report_config_error(error)
         return None

@@ -207,7 +207,7 @@ TABLE_WIDTH = 100
 """The table fits this many columns (or the terminal's, when wider): DETAIL is cut to fit."""
 
 _TABLE_COLUMNS = ("NAME", "STATE", "HEALTH", "IMAGE", "IP", "PORTS", "RESTARTS", "UPTIME", "DETAIL")
-_MIN_DETAIL = 20  # DETAIL keeps at least this much, even when the other columns are wide
+_MIN_DETAIL = 20  # with less room, DETAIL goes on a line of its own below the row
 _RESET = "\x1b[0m"
 _COLOURS = {
     "running": "\x1b[32m",  # green
@@ -319,7 +319,8 @@ def format_table(
 ) -> str:
     """``quayctl status``: the header, one aligned row per unit (findings indented below it).
 
-    DETAIL is cut with "…" so that a row fits ``width`` columns (it keeps at least 20); STATE
+    DETAIL is cut with "…" so that a row fits ``width`` columns; when less than 20 columns are
+    left for it, it goes on a line of its own below the row, indented as the findings are. STATE
     and HEALTH are coloured when ``colour`` (the padding stays outside the colour codes).
     """
     lines = [format_header(payload, now)]
@@ -329,18 +330,19 @@ def format_table(
         return "\n".join(lines) + "\n"
     rows = [_TABLE_COLUMNS, *(table_row(u, now) for u in units)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_TABLE_COLUMNS) - 1)]
-    room = max(_MIN_DETAIL, width - sum(widths) - 2 * len(widths))
+    room = width - sum(widths) - 2 * len(widths)
+    below = room < _MIN_DETAIL
     for index, row in enumerate(rows):
         cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
         if index:
             cells[1] = paint(cells[1], row[1], colour)
             cells[2] = paint(cells[2], row[2], colour)
-        lines.append("  ".join([*cells, truncate(row[-1], room)]).rstrip())
-        if index:
-            lines += [
-                _FINDING_INDENT + truncate(format_finding(f), width - len(_FINDING_INDENT))
-                for f in units[index - 1].get("findings") or []
-            ]
+        lines.append("  ".join([*cells, "" if below else truncate(row[-1], room)]).rstrip())
+        if not index:
+            continue
+        notes = [row[-1]] if below and row[-1] else []
+        notes += [format_finding(f) for f in units[index - 1].get("findings") or []]
+        lines += [_FINDING_INDENT + truncate(n, width - len(_FINDING_INDENT)) for n in notes]
     return "\n".join(lines) + "\n"
 
 
