@@ -26,6 +26,7 @@ JOURNAL_STDOUT_SOCKET = Path("/run/systemd/journal/stdout")
 POLL_INTERVAL = 0.2
 _BLOCK = 64 * 1024
 _MARK = 4096  # the last bytes printed, looked for again after the file was cut
+_SHORT_MARK = 256
 _RESYNC_WINDOW = 64 * 1024 * 1024  # look for them in the file's last 64 MiB at most
 _FOLLOW_LINES = 10
 
@@ -201,8 +202,9 @@ class Follower:
         start = max(0, size - _RESYNC_WINDOW)
         self.file.seek(start)
         data = self.file.read(size - start)
-        index = data.rfind(self.mark)
-        if index < 0:
-            self.mark = b""
-            return 0
-        return start + index + len(self.mark)
+        for mark in (self.mark, self.mark[-_SHORT_MARK:]):  # the short one, if cut into
+            index = data.rfind(mark)
+            if index >= 0:
+                return start + index + len(mark)
+        self.mark = b""
+        return 0
