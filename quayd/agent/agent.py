@@ -28,9 +28,10 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sdnotify
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -45,7 +46,12 @@ from quayd.images.store import Store
 from quayd.isolation.container import KILL_TIMEOUT, OomEvents, usage
 from quayd.isolation.notify import NotifySocket
 from quayd.isolation.runtime import Exit as RuntimeExit
-from quayd.isolation.runtime import ExitWatcher, become_subreaper, trim_log_file
+from quayd.isolation.runtime import (
+    ExitWatcher,
+    become_subreaper,
+    journald_running,
+    trim_log_file,
+)
 from quayd.isolation.seccomp import load_default_profile
 from quayd.net import netns
 from quayd.net.network import Network
@@ -79,6 +85,10 @@ RESYNC_SECONDS = 30.0
 COALESCE_SECONDS = 0.03
 COALESCE_MAX_SECONDS = 0.3
 TCP_PROBE_INTERVAL = 0.1
+ACTION_THREADS = 8
+"""Worker threads for actions (pulls, starts, stops, health checks). The loop's own work
+(reading the config directory) uses asyncio's default pool, so a burst of 100 starts never
+holds up a pass, nor the watchdog with it."""
 LOG_FILE_MAX = 16 * 1024 * 1024
 """Cap of a container's log file when there is no journald (trimmed to about half)."""
 HANG_HOOK_ENV = "QUAYD_TEST_HANG_FILE"
@@ -86,6 +96,9 @@ HANG_HOOK_ENV = "QUAYD_TEST_HANG_FILE"
 (the watchdog test). Unset in production: nothing looks at any file then."""
 
 log = logger("quayd")
+
+
+T = TypeVar("T")
 
 
 class AgentError(Exception):
@@ -175,6 +188,8 @@ class Agent:
         self._last_file_event: float | None = None
         self._by_pid: dict[int, str] = {}
         self._trimmed_at = 0.0
+        self._synced_at = 0.0
+        self._pool = ThreadPoolExecutor(ACTION_THREADS, thread_name_prefix="quay-action")
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -295,6 +310,7 @@ class Agent:
                 self._close_probes(live)
             loop.remove_reader(self.watcher.fileno())
             self.registry.close()
+            self._pool.shutdown(wait=False, cancel_futures=True)
             log.info("stopped", containers_left_running=len(self.live))
         return 0
 
@@ -310,6 +326,7 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
+            self.notifier.notify("WATCHDOG=1")  # the loop turns, even if this pass is long
             await self._coalesce()
             if self._stopping:
                 break
@@ -333,6 +350,11 @@ class Agent:
                 break
             await asyncio.sleep(COALESCE_SECONDS - quiet_for)
         self._file_event_at = None
+
+    async def _work(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run blocking action work in the action pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: function(*args, **kwargs))
 
     def wake(self) -> None:
         if self._wake is not None:
@@ -380,15 +402,17 @@ class Agent:
 
     # --- one pass ---------------------------------------------------------------------------
 
-    async def _trim_logs(self) -> None:
-        """Without journald, each container logs to a file; keep each under its cap."""
+    async def _resync_extras(self) -> None:
+        """Every RESYNC_SECONDS: repair network drift, cap log files (without journald)."""
         now = self.clock()
-        if now - self._trimmed_at < RESYNC_SECONDS:
+        if now - self._synced_at < RESYNC_SECONDS:
             return
-        self._trimmed_at = now
-        for name in list(self.live):
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(trim_log_file, self.executor.log_file(name), LOG_FILE_MAX)
+        self._synced_at = now
+        await self._work(self.executor.sync_network, self._all_units())
+        if journald_running():
+            return
+        paths = [self.executor.log_file(name) for name in self.live]
+        await self._work(_trim_all, paths)
 
     async def _pass(self) -> None:
         hang = os.environ.get(HANG_HOOK_ENV)
@@ -402,7 +426,7 @@ class Agent:
             log.error("config directory unreadable", error=str(error))
             return
         self.desired = self._desired(snapshot)
-        await self._trim_logs()
+        await self._resync_extras()
         now = self.clock()
         self.plan = plan(self.desired, self._observed(), now)
         self.passes += 1
@@ -533,7 +557,7 @@ class Agent:
             elif isinstance(action, Stop):
                 await self._stop(name, action.why)
             else:
-                await asyncio.to_thread(self.executor.release, name, self._all_units())
+                await self._work(self.executor.release, name, self._all_units())
                 self.history.pop(name, None)
                 self.pulls.pop(name, None)
                 self.starts.pop(name, None)
@@ -558,7 +582,7 @@ class Agent:
         state.pulling = True
         self.events.emit(name, "pulling", f"pulling {unit.container.image}")
         try:
-            record = await asyncio.to_thread(self.executor.pull, unit)
+            record = await self._work(self.executor.pull, unit)
         except ExecutorError as error:
             state.failures += 1
             state.error = str(error)
@@ -585,7 +609,7 @@ class Agent:
             notify = NotifySocket(self.executor.notify_dir(name))
         started_at = self.clock()
         try:
-            launched = await asyncio.to_thread(
+            launched = await self._work(
                 self.executor.start, name, unit, wanted_hash, self._all_units()
             )
         except Exception as error:
@@ -633,14 +657,14 @@ class Agent:
         unit = live.record.unit
         loop = asyncio.get_running_loop()
         live.exited = loop.create_future()
-        signal_name = await asyncio.to_thread(self.executor.stop_signal, unit)
+        signal_name = await self._work(self.executor.stop_signal, unit)
         timeout = unit.container.stop_timeout.total_seconds()
         killed = False
-        await asyncio.to_thread(self.executor.signal, name, signal_name)
+        await self._work(self.executor.signal, name, signal_name)
         ended = await _wait(live.exited, timeout)
         if ended is None:
             killed = True
-            await asyncio.to_thread(self.executor.signal, name, "SIGKILL")
+            await self._work(self.executor.signal, name, "SIGKILL")
             ended = await _wait(live.exited, KILL_TIMEOUT)
         await self._ended(live, ended, killed=killed, stopped_for=why)
 
@@ -669,7 +693,7 @@ class Agent:
         self, live: Live, ended: RuntimeExit | None, *, killed: bool, stopped_for: Any
     ) -> None:
         self._close_probes(live)
-        result = await asyncio.to_thread(
+        result = await self._work(
             self.executor.finish, live.name, ended, killed=killed, events=live.oom_events
         )
         if live.oom_events is not None:
@@ -716,7 +740,7 @@ class Agent:
 
     async def _persist_ready(self, name: str, at: float) -> None:
         with contextlib.suppress(OSError):
-            await asyncio.to_thread(self.executor.mark_ready, name, at)
+            await self._work(self.executor.mark_ready, name, at)
 
     def _arm_probes(self, live: Live) -> None:
         unit = live.record.unit
@@ -762,7 +786,7 @@ class Agent:
     async def _probe_tcp(self, live: Live, port: int) -> None:
         path = Path(f"/proc/{live.pid}/ns/net")
         while live.ready_at is None:
-            if await asyncio.to_thread(_accepts, path, port):
+            if await self._work(_accepts, path, port):
                 self._ready(live)
                 return
             await asyncio.sleep(TCP_PROBE_INTERVAL)
@@ -770,7 +794,7 @@ class Agent:
     async def _probe_health(self, live: Live, spec: HealthSpec) -> None:
         while True:
             await asyncio.sleep(spec.interval)
-            passed = await asyncio.to_thread(self._run_check, live.name, spec)
+            passed = await self._work(self._run_check, live.name, spec)
             before = live.health
             live.health = judge(
                 before,
@@ -816,12 +840,15 @@ class Agent:
             record = found.record
             if found.running and found.pid and record is not None:
                 events = await asyncio.to_thread(self.executor.watch_oom, found.pid)
+                ready_at = record.ready_at
+                if ready_at is None and record.unit.ready.mode == "started":
+                    ready_at = record.started_at  # ready once running; the record may lag
                 live = Live(
                     name=found.name,
                     pid=found.pid,
                     record=record,
                     oom_events=events,
-                    ready_at=record.ready_at,
+                    ready_at=ready_at,
                 )
                 self.live[found.name] = live
                 self.starts[found.name] = (record.hash, 1)
@@ -831,7 +858,7 @@ class Agent:
                 log.info("adopted", unit=found.name, pid=found.pid)
                 continue
             # Ended while no agent watched (or no record to adopt it by): exit status unknown.
-            result = await asyncio.to_thread(
+            result = await self._work(
                 self.executor.finish, found.name, None, killed=False, events=None
             )
             if record is not None:
@@ -1059,7 +1086,7 @@ class Agent:
             raise RequestError("conflict", f"{name} has no running container")
         timeout = float(params.get("timeout") or 60.0)
         try:
-            done = await asyncio.to_thread(self.executor.runtime.exec, name, argv, timeout=timeout)
+            done = await self._work(self.executor.runtime.exec, name, argv, timeout=timeout)
         except Exception as error:
             raise RequestError("failed", str(error)) from error
         return {
@@ -1094,6 +1121,12 @@ class Agent:
             ],
             "wake_at": self.plan.wake_at,
         }
+
+
+def _trim_all(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            trim_log_file(path, LOG_FILE_MAX)
 
 
 def _health_word(live: Live | None) -> str | None:

@@ -98,6 +98,10 @@ class Network:
     host_resolv_conf: Path = HOST_RESOLV_CONF
     resolved_upstream: Path = RESOLVED_UPSTREAM
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _applied: str | None = field(default=None, repr=False)
+    """The ruleset this object last applied or found live."""
+    _written: dict[Path, str] = field(default_factory=dict, repr=False)
+    """What this object last wrote (or found) in each etc file."""
 
     # --- layout ----------------------------------------------------------------------------
 
@@ -222,13 +226,19 @@ class Network:
                 self.lease_file.save(remaining)
         for unit in units:
             shutil.rmtree(self.files_dir / unit, ignore_errors=True)
+            for path in self.etc_paths(unit).__dict__.values():
+                self._written.pop(path, None)
 
     # --- everything derived from the set of units -------------------------------------------
 
-    def sync(self, units: Mapping[str, Unit]) -> SyncReport:
+    def sync(self, units: Mapping[str, Unit], *, verify: bool = True) -> SyncReport:
         """Ruleset and hosts files for ``units`` (every unit that exists, running or not).
 
         Only bridged units with a lease take part: a unit gets its lease on its first attach.
+        With ``verify`` the live ruleset and every file are read back and repaired when they
+        drifted (someone flushed nftables, edited a hosts file); without it, only what differs
+        from what this object last wrote is written — the cheap path for each container start
+        (with 100 units a verifying sync costs about 150 ms, a plain one a few).
         """
         leases = self.lease_file.load()
         bridged = {
@@ -239,17 +249,22 @@ class Network:
         endpoints = [_endpoint(name, unit, leases) for name, unit in bridged.items()]
         net = self.bridge
         wanted = render_ruleset(net, endpoints)
-        replaced = live_ruleset() != wanted
-        if replaced:
-            apply_ruleset(wanted)
-        updated = self._write_etc_files(units, leases)
+        replaced = False
+        if verify or self._applied != wanted:
+            replaced = live_ruleset() != wanted
+            if replaced:
+                apply_ruleset(wanted)
+            self._applied = wanted
+        updated = self._write_etc_files(units, leases, verify=verify)
         return SyncReport(
             ruleset_replaced=replaced,
             hosts_updated=tuple(updated),
             unreachable_ports=tuple(unreachable_ports(net, endpoints)),
         )
 
-    def _write_etc_files(self, units: Mapping[str, Unit], leases: ipam.Leases) -> list[str]:
+    def _write_etc_files(
+        self, units: Mapping[str, Unit], leases: ipam.Leases, *, verify: bool
+    ) -> list[str]:
         entries = {name: _host_entry(name, unit, leases) for name, unit in units.items()}
         bridged_peers = [
             entries[name]
@@ -266,13 +281,20 @@ class Network:
             peers = [peer for peer in bridged_peers if peer.name != name]
             if unit.network.mode == "none":
                 peers = []
-            changed = hosts.write_in_place(paths.hosts, hosts.hosts_file(entries[name], peers))
+            changed = self._write(paths.hosts, hosts.hosts_file(entries[name], peers), verify)
             # In the host's namespace the host's own resolvers (a 127.0.0.53 stub) work.
             resolv = host_resolv if unit.network.mode == "host" else filtered_resolv
-            changed |= hosts.write_in_place(paths.resolv_conf, resolv)
+            changed |= self._write(paths.resolv_conf, resolv, verify)
             if changed:
                 updated.append(name)
         return updated
+
+    def _write(self, path: Path, content: str, verify: bool) -> bool:
+        if not verify and self._written.get(path) == content:
+            return False
+        changed = hosts.write_in_place(path, content)
+        self._written[path] = content
+        return changed
 
     def teardown(self) -> None:
         """Remove the ruleset (for tests and an explicit uninstall; the agent never calls it)."""

@@ -221,14 +221,17 @@ class Executor:
         return Launched(pid=started.pid, record=launched, oom_events=started.oom_events)
 
     def _attach(self, name: str, unit: Unit, all_units: Mapping[str, Unit]) -> str | None:
-        if unit.network.mode != "bridge":
-            with self._network_lock:
-                self.network.sync(all_units)  # its hosts and resolv.conf
-            return None
-        attachment = self.network.attach(name)
+        attachment = self.network.attach(name) if unit.network.mode == "bridge" else None
+        with self._network_lock:  # its hosts and resolv.conf, its peers', its ports
+            self.network.sync(all_units, verify=False)
+        return str(attachment.netns) if attachment is not None else None
+
+    def sync_network(self, all_units: Mapping[str, Unit]) -> None:
+        """Read the ruleset and the etc files back and repair any drift (the periodic resync)."""
         with self._network_lock:
-            self.network.sync(all_units)
-        return str(attachment.netns)
+            report = self.network.sync(all_units, verify=True)
+        if report.ruleset_replaced:
+            log.warning("the nftables ruleset had drifted; replaced it")
 
     def _open_logs(self, name: str) -> int:
         if journald_running():
@@ -268,7 +271,7 @@ class Executor:
         with self._network_lock:
             self.network.detach(name)
             self.network.release([name])
-            self.network.sync(all_units)
+            self.network.sync(all_units, verify=False)
         shutil.rmtree(self.notify_dir(name), ignore_errors=True)
 
     def mark_ready(self, name: str, at: float) -> None:
