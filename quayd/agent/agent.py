@@ -366,6 +366,7 @@ class Agent:
 
     def _on_reload(self) -> None:
         self._reloading = True
+        self._synced_at = 0.0  # a reload also verifies the network (ruleset, etc files)
         self.wake()
 
     def _watch_config_dir(self) -> Any:
@@ -1052,6 +1053,9 @@ class Agent:
             self.holds.discard(name)
             await asyncio.to_thread(self._save_holds)
             self.events.emit(name, "released", "restarted by an operator")
+        deadline = self.clock() + 30.0
+        while name in self.busy and self.clock() < deadline:
+            await self._next_pass()  # let the action in flight (a start, a stop) finish first
         if name in self.busy:
             raise RequestError("conflict", f"{name} is {self.busy[name]}; try again in a moment")
         if name in self.live:

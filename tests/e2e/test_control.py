@@ -103,7 +103,10 @@ def test_stop_holds_across_an_agent_restart_and_start_releases(deployment: Deplo
 
 def test_restart_replaces_the_container_at_once(deployment: Deployment) -> None:
     pid = running(deployment, "web")
-    deployment.api("POST", "/v1/units/web/restart")
+    assert deployment.api("POST", "/v1/units/web/restart") == {
+        "unit": "web",
+        "message": "web is restarting",
+    }
     new = wait_until(
         "a new web", lambda: (p := deployment.running_pid("web")) and p != pid and p, timeout=15
     )
@@ -132,3 +135,15 @@ def test_plan_and_reload(deployment: Deployment) -> None:
     before = deployment.status()["agent"]["passes"]
     reloaded = deployment.api("POST", "/v1/reload")
     assert reloaded["passes"] > before
+
+
+def test_a_flushed_ruleset_is_restored_by_the_resync(deployment: Deployment) -> None:
+    def table() -> str:
+        done = deployment.host.run(["nft", "list", "table", "inet", "quay"], check=False)
+        return done.stdout if done.returncode == 0 else ""
+
+    assert "dport 8080" in table()
+    deployment.host.run(["nft", "delete", "table", "inet", "quay"])
+    assert table() == ""
+    deployment.host.systemctl("reload", "quayd")  # runs the resync now instead of within 30 s
+    wait_until("the table back", lambda: "dport 8080" in table())
