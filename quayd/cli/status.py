@@ -41,7 +41,6 @@ Unit = Mapping[str, Any]
 
 _HEADER_ORDER = (*STATES[:6], "stopped", *STATES[6:])  # "stopped": held by an operator
 _LIVE = frozenset({"starting", "running", "stopping"})  # states with a process to time
-_COLUMNS = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "DETAIL")
 _FINDING_INDENT = "    "
 
 
@@ -108,25 +107,6 @@ def format_header(payload: Payload, now: float) -> str:
     return f"quayd {agent.get('pid', '?')} up {uptime}, {len(units)} {noun}: {summary}"
 
 
-def format_status(payload: Payload, now: float) -> str:
-    """The header, then one aligned row per unit, each unit's findings indented below it."""
-    lines = [format_header(payload, now)]
-    units = sorted(payload.get("units", []), key=lambda u: str(u.get("name")))
-    if not units:
-        lines.append(f"no units in {_clean(str(payload.get('agent', {}).get('config_dir', '?')))}")
-        return "\n".join(lines) + "\n"
-    rows = [_COLUMNS, *(_row(u, now) for u in units)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS) - 1)]
-    for index, row in enumerate(rows):
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
-        if index:
-            lines += [
-                _FINDING_INDENT + format_finding(f) for f in units[index - 1].get("findings") or []
-            ]
-    return "\n".join(lines) + "\n"
-
-
 def format_finding(finding: Any) -> str:
     """One line, whether the agent sends a finding as text or as ``Finding.to_json()``."""
     if isinstance(finding, Mapping) and "message" in finding:
@@ -146,28 +126,6 @@ def format_finding(finding: Any) -> str:
             text += f"; accepted: {finding['accepted']}"
         return _clean(text)
     return _clean(str(finding))
-
-
-def _row(unit: Unit, now: float) -> tuple[str, ...]:
-    state = str(unit.get("state"))
-    pid = unit.get("pid")
-    started = unit.get("started_at")
-    uptime = _since(started, now) if state in _LIVE and started is not None else "-"
-    notes: list[str] = []
-    if state == "backoff" and unit.get("next_attempt") is not None:
-        wait = math.ceil(float(unit["next_attempt"]) - now)
-        notes.append(f"next attempt in {format_duration(wait)}" if wait > 0 else "next attempt now")
-    if state == "running" and unit.get("ready") is not True:
-        notes.append("not ready")
-    notes += [str(unit[k]) for k in ("detail", "status_text") if unit.get(k)]
-    return (
-        _clean(str(unit.get("name"))),
-        _clean(state),
-        "-" if pid is None else str(pid),
-        uptime,
-        str(unit.get("restarts", 0)),
-        _clean("; ".join(notes)),
-    )
 
 
 def _since(started: Any, now: float) -> str:

@@ -22,7 +22,6 @@ from quayd.cli.status import (
     format_finding,
     format_header,
     format_plan,
-    format_status,
     select,
     unit_is_fine,
 )
@@ -123,82 +122,6 @@ def test_header_counts(units: list[dict[str, Any]], header: str) -> None:
 # --- the table -----------------------------------------------------------------------------------
 
 
-def test_the_table_is_aligned_sorted_and_says_what_each_unit_waits_for() -> None:
-    text = format_status(
-        payload(
-            unit("web", "running", status_text="serving"),
-            unit(
-                "worker",
-                "backoff",
-                detail="exited with status 1",
-                restarts=3,
-                next_attempt=NOW + 7.2,
-            ),
-            unit(
-                "db",
-                "starting",
-                pid=77,
-                started_at=NOW - 4,
-                detail="waiting for tcp port 5432",
-                findings=['/etc/quay.d/db.toml:3: resources.memory = "lots": not a size'],
-            ),
-            unit("cache", "running", ready=False, pid=99, started_at=NOW - 90000, restarts=1),
-        ),
-        NOW,
-    )
-    assert text == (
-        "quayd 123 up 2h03m, 4 units: 2 running, 1 starting, 1 backoff, 0 invalid\n"
-        "NAME    STATE     PID   UPTIME  RESTARTS  DETAIL\n"
-        "cache   running   99    1d01h   1         not ready\n"
-        "db      starting  77    4s      0         waiting for tcp port 5432\n"
-        '    /etc/quay.d/db.toml:3: resources.memory = "lots": not a size\n'
-        "web     running   4242  5m12s   0         serving\n"
-        "worker  backoff   -     -       3         next attempt in 8s; exited with status 1\n"
-    )
-
-
-@pytest.mark.parametrize(
-    ("fields", "detail"),
-    [
-        ({"state": "backoff", "next_attempt": NOW + 8}, "next attempt in 8s"),
-        ({"state": "backoff", "next_attempt": NOW + 0.2}, "next attempt in 1s"),
-        ({"state": "backoff", "next_attempt": NOW - 1}, "next attempt now"),
-        ({"state": "backoff", "next_attempt": NOW + 600}, "next attempt in 10m00s"),
-        ({"state": "backoff"}, ""),
-        ({"state": "running", "ready": False}, "not ready"),
-        ({"state": "running", "ready": False, "detail": "probe failed"}, "not ready; probe failed"),
-        ({"state": "running", "status_text": "serving 3 clients"}, "serving 3 clients"),
-        ({"state": "waiting", "detail": "requires db"}, "requires db"),
-        ({"state": "exited", "detail": "exited with status 0"}, "exited with status 0"),
-        # A container's STATUS= text must not reach the terminal as escape sequences.
-        ({"state": "running", "status_text": "\x1b[2Jgone\n"}, "\\x1b[2Jgone\\n"),
-    ],
-)
-def test_detail_column(fields: dict[str, Any], detail: str) -> None:
-    row = format_status(payload(unit("web", **fields)), NOW).splitlines()[2]
-    assert row.split(maxsplit=5)[5:] == ([detail] if detail else [])
-
-
-@pytest.mark.parametrize(
-    ("fields", "pid", "uptime"),
-    [
-        ({"state": "running"}, "4242", "5m12s"),
-        ({"state": "stopping"}, "4242", "5m12s"),
-        ({"state": "exited", "started_at": NOW - 100}, "-", "-"),  # no process, no uptime
-        ({"state": "pulling"}, "-", "-"),
-    ],
-)
-def test_pid_and_uptime_columns(fields: dict[str, Any], pid: str, uptime: str) -> None:
-    row = format_status(payload(unit("web", **fields)), NOW).splitlines()[2]
-    assert row.split()[2:4] == [pid, uptime]
-
-
-def test_no_units_says_where_it_looked() -> None:
-    assert format_status(payload(), NOW) == (
-        "quayd 123 up 2h03m, 0 units: 0 running, 0 invalid\nno units in /etc/quay.d\n"
-    )
-
-
 @pytest.mark.parametrize(
     ("finding", "text"),
     [
@@ -228,20 +151,6 @@ def test_no_units_says_where_it_looked() -> None:
 )
 def test_findings_are_one_line_each(finding: Any, text: str) -> None:
     assert format_finding(finding) == text
-
-
-def test_findings_follow_their_row() -> None:
-    lines = format_status(
-        payload(
-            unit("a", "invalid", findings=["a.toml:1: one", "a.toml:2: two"]), unit("b", "exited")
-        ),
-        NOW,
-    ).splitlines()
-    assert [line.split()[0] for line in lines[2:]] == ["a", "a.toml:1:", "a.toml:2:", "b"]
-    assert lines[3] == "    a.toml:1: one"
-
-
-# --- exit codes ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
