@@ -131,6 +131,7 @@ class Live:
             ready_at=self.ready_at,
             unhealthy=self.health.unhealthy,
             status_text=self.status_text,
+            unit=self.record.unit,
         )
 
 
@@ -275,6 +276,7 @@ class Agent:
             {
                 "status": self._api_status,
                 "plan": self._api_plan,
+                "plan_dir": self._api_plan_dir,
                 "show": self._api_show,
                 "events": self._api_events,
                 "start": self._api_start,
@@ -507,13 +509,13 @@ class Agent:
             if name not in units and name not in invalid:
                 del self.last_good[name]
 
-    def _observed(self) -> Observed:
+    def _observed(self, desired: Desired | None = None) -> Observed:
         present = self.executor.present_images()
         images = {
             name: self.pulls.get(name, PullState()).observed(
-                self.executor.reference(desired.unit) in present
+                self.executor.reference(entry.unit) in present
             )
-            for name, desired in self.desired.units.items()
+            for name, entry in (desired or self.desired).units.items()
         }
         return Observed(
             containers={name: live.observed() for name, live in self.live.items()},
@@ -1111,20 +1113,69 @@ class Agent:
         self.wake()
         return await waiter
 
+    async def _api_plan_dir(self, params: Mapping[str, Any]) -> Any:
+        """A dry run: what the agent would do if ``config_dir`` were its config directory
+        (Ansible: render into a staging directory, ask, then move it into place)."""
+        directory = params.get("config_dir")
+        if not isinstance(directory, str) or not directory.startswith("/"):
+            raise RequestError("bad-request", "config_dir must be an absolute path")
+        try:
+            snapshot = await asyncio.to_thread(load_directory, Path(directory))
+        except QuayConfigError as error:
+            raise RequestError("bad-request", str(error)) from error
+        desired = self._preview(snapshot)
+        preview = plan(desired, self._observed(desired), self.clock())
+        return {
+            "config_dir": directory,
+            "actions": [_action_json(action) for action in preview.actions],
+            "statuses": {
+                name: {"state": status.state, "detail": status.detail}
+                for name, status in preview.statuses.items()
+            },
+            "findings": [str(finding) for finding in snapshot.findings],
+        }
+
+    def _preview(self, snapshot: ConfigSnapshot) -> Desired:
+        """Desired from ``snapshot`` as :meth:`_desired` builds it, changing nothing."""
+        present = self.executor.present_images()
+        units: dict[str, DesiredUnit] = {}
+        for name, loaded in snapshot.units.items():
+            digest = None
+            if (
+                loaded.unit.image.pull == "always"
+                and self.executor.reference(loaded.unit) in present
+            ):
+                record = self.executor.image(loaded.unit)
+                digest = record.manifest_digest if record is not None else None
+            units[name] = DesiredUnit(name, loaded.unit, unit_hash(loaded.unit, digest))
+        invalid: dict[str, tuple[str, ...]] = {}
+        for name, bad in snapshot.invalid.items():
+            findings = tuple(str(finding) for finding in bad.findings if finding.is_error)
+            good = self.last_good.get(name)
+            if good is None and name in self.live:
+                good = (self.live[name].record.unit, self.live[name].record.hash)
+            if good is None:
+                invalid[name] = findings
+            else:
+                units[name] = DesiredUnit(name, good[0], good[1], findings)
+        held = frozenset(name for name in self.holds if name in units)
+        return Desired(units=units, invalid=invalid, held=held)
+
     async def _api_plan(self, params: Mapping[str, Any]) -> Any:
         del params
         return {
-            "actions": [
-                {
-                    "kind": type(action).__name__.lower(),
-                    "unit": action.unit,
-                    "reason": action.reason,
-                    **({"why": action.why} if isinstance(action, Stop) else {}),
-                }
-                for action in self.plan.actions
-            ],
+            "actions": [_action_json(action) for action in self.plan.actions],
             "wake_at": self.plan.wake_at,
         }
+
+
+def _action_json(action: Action) -> dict[str, Any]:
+    return {
+        "kind": type(action).__name__.lower(),
+        "unit": action.unit,
+        "reason": action.reason,
+        **({"why": action.why} if isinstance(action, Stop) else {}),
+    }
 
 
 def _trim_all(paths: list[Path]) -> None:

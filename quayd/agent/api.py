@@ -71,6 +71,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/status", "status"),
     Route("GET", "/v1/units/{name}", "show"),
     Route("GET", "/v1/plan", "plan"),
+    Route("POST", "/v1/plan", "plan_dir"),
     Route("GET", "/v1/events", "events"),
     Route("POST", "/v1/units/{name}/start", "start"),
     Route("POST", "/v1/units/{name}/stop", "stop"),

@@ -17,6 +17,7 @@ prompt can call them often. Every other command imports what it needs when it ru
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -203,10 +204,13 @@ def add_agent_commands(commands: Any) -> None:
         "plan",
         "show what the agent is about to do",
         "Print the actions the agent's last pass planned, one a line with its reason, or "
-        '"nothing to do". Exit status: 0; 4 the agent cannot be reached.',
+        '"nothing to do". With DIR, a dry run: what the agent would do if DIR were its config '
+        "directory (render into a staging directory, check, then move it into place). Exit "
+        "status: 0; 1 DIR cannot be planned; 4 the agent cannot be reached.",
         "quayctl plan",
-        "quayctl plan --json",
+        "quayctl plan /srv/staging/quay.d",
     )
+    plan.add_argument("dir", nargs="?", type=Path, metavar="DIR", help="a config dir to dry-run")
     plan.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
     plan.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
     plan.set_defaults(handler=cmd_plan)
@@ -292,8 +296,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if socket_path is None:
         return EXIT_INVALID
     try:
-        payload = client.request(socket_path, "GET", "/v1/plan", timeout=args.timeout)
-    except (client.AgentUnreachableError, client.AgentError) as error:
+        if args.dir is None:
+            payload = client.request(socket_path, "GET", "/v1/plan", timeout=args.timeout)
+        else:
+            body = {"config_dir": os.path.abspath(args.dir)}
+            payload = client.request(socket_path, "POST", "/v1/plan", body, timeout=args.timeout)
+    except client.AgentError as error:
+        print(f"quayctl plan: {error.message}", file=sys.stderr)
+        return EXIT_INVALID if error.status in (400, 403) else status.EXIT_UNREACHABLE
+    except client.AgentUnreachableError as error:
         print(f"quayctl plan: {error}", file=sys.stderr)
         return status.EXIT_UNREACHABLE
     actions = payload.get("actions") if isinstance(payload, dict) else None
@@ -304,6 +315,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         json.dump(payload, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
+        for finding in payload.get("findings") or []:
+            print(status.format_finding(finding), file=sys.stderr)
         sys.stdout.write(status.format_plan(actions))
     return EXIT_OK
 

@@ -89,6 +89,8 @@ class Container:
     """Health checks failed ``retries`` times in a row after ``start_period``."""
     status_text: str | None = None
     """The last STATUS= the container sent through its notify socket."""
+    unit: Unit | None = None
+    """The unit it runs (from its record): plan reasons say what changed since."""
 
 
 @dataclass(frozen=True)

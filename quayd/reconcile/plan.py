@@ -87,6 +87,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Literal
 
+from quayd.reconcile.describe import describe_change
 from quayd.reconcile.model import (
     Action,
     Busy,
@@ -350,7 +351,12 @@ def _held(name: str, live: bool) -> _Decision:
 def _live(entry: DesiredUnit, container: Container, now: float) -> _Decision:
     name, unit = entry.name, entry.unit
     if container.hash != entry.hash:
-        return _stop(name, "replace", "unit changed: replacing the container")
+        if container.unit is None:
+            return _stop(name, "replace", "unit changed: replacing the container")
+        change = describe_change(container.unit, unit)
+        if change == "no change in the unit":
+            change = "a new image digest"  # pull = "always" found one
+        return _stop(name, "replace", f"replacing the container: {change}")
     timeout = unit.ready.timeout.total_seconds()
     deadline = container.started_at + timeout
     if not container.ready and now >= deadline:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import IMAGE, Deployment, running, wait_until
+from tests.support.agent import IMAGE, QUAYCTL, Deployment, running, wait_until
 from tests.support.systemd_host import CONTAINER_TEST_MARKS, systemd_host
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
@@ -147,3 +147,24 @@ def test_a_flushed_ruleset_is_restored_by_the_resync(deployment: Deployment) -> 
     assert table() == ""
     deployment.host.systemctl("reload", "quayd")  # runs the resync now instead of within 30 s
     wait_until("the table back", lambda: "dport 8080" in table())
+
+
+def test_plan_of_a_staging_directory_is_a_dry_run(deployment: Deployment) -> None:
+    pid = running(deployment, "web")
+    staging = deployment.host.state_dir / "staging"
+    staging.mkdir()
+    (staging / "web.toml").write_text(WEB.replace('memory = "64M"', 'memory = "128M"'))
+    (staging / "extra.toml").write_text(f'[container]\nimage = "{IMAGE}"\n')
+    done = deployment.host.run(
+        [str(QUAYCTL), "--run-dir", "/run/quay", "plan", str(staging)], check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "replace web: replacing the container: resources.memory 64M → 128M" in done.stdout
+    assert "start extra: new unit: starting" in done.stdout
+    assert deployment.running_pid("web") == pid  # nothing was done
+    assert "extra" not in deployment.units()
+    bad = deployment.host.run(
+        [str(QUAYCTL), "--run-dir", "/run/quay", "plan", "/nonexistent"], check=False
+    )
+    assert bad.returncode == 1
+    assert "/nonexistent" in bad.stderr

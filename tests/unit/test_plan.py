@@ -1097,3 +1097,17 @@ def test_a_hold_resets_the_restart_count() -> None:
     )
     assert history.restarts == 0
     assert not is_failure(ended(stopped_for="hold", code=137))
+
+
+def test_a_replace_says_what_changed_when_the_running_unit_is_known() -> None:
+    running = live("web", "h0", unit=unit(resources={"memory": "256M"}))
+    result = plan(desired(want("web", resources={"memory": "512M"})), seen(running), NOW)
+    (stop,) = result.actions
+    assert isinstance(stop, Stop)
+    assert stop.reason == "replacing the container: resources.memory 256M → 512M"
+
+
+def test_a_new_digest_alone_is_named_as_such() -> None:
+    running = live("web", "h0", unit=unit(image={"pull": "always"}))
+    result = plan(desired(want("web", image={"pull": "always"})), seen(running), NOW)
+    assert result.actions[0].reason == "replacing the container: a new image digest"
