@@ -23,9 +23,6 @@ from typing import Any, Literal
 
 import pytest
 
-from quayd.images.pull import pull
-from quayd.images.registry import RegistryClient, RetryPolicy
-from quayd.images.store import Store
 from quayd.isolation.container import (
     Bundle,
     ContainerConfig,
@@ -45,8 +42,7 @@ from quayd.isolation.runtime import ExitWatcher, OciRuntime, become_subreaper, o
 from quayd.isolation.seccomp import load_default_profile
 from quayd.isolation.spec import EtcFiles, ImageDefaults, seccomp_for
 from quayd.units.model import Unit
-from tests.support.images import PushTarget, busybox_image
-from tests.support.registry import running_registry
+from tests.support.pulled import pulled_busybox_layers
 from tests.support.systemd_host import CONTAINER_TEST_MARKS, RUNTIMES, SystemdHost, systemd_host
 
 pytestmark = CONTAINER_TEST_MARKS
@@ -274,14 +270,7 @@ def host() -> Iterator[SystemdHost]:
 @pytest.fixture(scope="module")
 def layers(host: SystemdHost, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """busybox pushed to a real registry and pulled, here, into a store in the host's state dir."""
-    work = tmp_path_factory.mktemp("container-registry")
-    with running_registry(work / "registry") as registry:
-        image = busybox_image(work, PushTarget(registry.host))
-        store = Store(host.state_dir / "images")
-        retry = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
-        with RegistryClient(retry=retry) as client:
-            record = pull(image.reference(registry.host), store=store, client=client)
-    return [str(store.layer_path(layer.chain_id)) for layer in record.layers]
+    return pulled_busybox_layers(host.state_dir, tmp_path_factory.mktemp("container-registry"))
 
 
 def run(host: SystemdHost, **kwargs: Any) -> dict[str, Any]:

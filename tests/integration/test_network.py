@@ -31,9 +31,6 @@ from typing import Any
 
 import pytest
 
-from quayd.images.pull import pull
-from quayd.images.registry import RegistryClient, RetryPolicy
-from quayd.images.store import Store
 from quayd.isolation.container import Bundle, ContainerConfig, prepare, remove, start, stop
 from quayd.isolation.runtime import ExitWatcher, OciRuntime, open_log_file
 from quayd.isolation.seccomp import load_default_profile
@@ -45,8 +42,7 @@ from quayd.net.network import Network
 from quayd.net.ruleset import Endpoint, live_ruleset, render_ruleset
 from quayd.units.model import Unit
 from quayd.units.settings import NetworkSettings
-from tests.support.images import PushTarget, busybox_image
-from tests.support.registry import running_registry
+from tests.support.pulled import pulled_busybox_layers
 from tests.support.systemd_host import CONTAINER_TEST_MARKS, SystemdHost, systemd_host
 
 pytestmark = CONTAINER_TEST_MARKS
@@ -381,14 +377,7 @@ def host() -> Iterator[SystemdHost]:
 @pytest.fixture(scope="module")
 def layers(host: SystemdHost, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """busybox pushed to a real registry and pulled into a store in the host's state dir."""
-    work = tmp_path_factory.mktemp("network-registry")
-    with running_registry(work / "registry") as registry:
-        image = busybox_image(work, PushTarget(registry.host))
-        store = Store(host.state_dir / "images")
-        retry = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
-        with RegistryClient(retry=retry) as client:
-            record = pull(image.reference(registry.host), store=store, client=client)
-    return [str(store.layer_path(layer.chain_id)) for layer in record.layers]
+    return pulled_busybox_layers(host.state_dir, tmp_path_factory.mktemp("network-registry"))
 
 
 def call(host: SystemdHost, function: Any, **kwargs: Any) -> Any:
