@@ -23,8 +23,10 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -77,6 +79,7 @@ from quayd.reconcile.model import (
 from quayd.reconcile.plan import describe_exit, plan, pull_backoff, record_exit, shutdown_plan
 from quayd.reconcile.records import ContainerRecord, unit_hash, write_json_atomically
 from quayd.units.directory import ConfigSnapshot, load_directory
+from quayd.units.fieldtypes import UNIT_NAME
 from quayd.units.findings import QuayConfigError
 from quayd.units.model import Unit
 from quayd.units.settings import Settings
@@ -91,6 +94,14 @@ ACTION_THREADS = 8
 holds up a pass, nor the watchdog with it."""
 LOG_FILE_MAX = 16 * 1024 * 1024
 """Cap of a container's log file when there is no journald (trimmed to about half)."""
+ATTACH_SOCKET = "attach.sock"
+"""``RUN_DIR/attach.sock``: where ``quayctl run -t`` gets the terminal of its ad-hoc unit."""
+ADHOC_LABEL = "quay.adhoc"
+"""The label that marks an ad-hoc unit (``quayctl run``) in its container's record."""
+ATTACH_GRACE = 10.0
+"""Seconds an ended ad-hoc unit with ``rm`` and a terminal waits for its client to attach (it
+gets the output still in the terminal and the exit status) before it is removed."""
+RUN_NAME_PREFIX = "run-"
 HANG_HOOK_ENV = "QUAYD_TEST_HANG_FILE"
 """Test-only: when this file exists at the start of a pass, it is removed and the loop blocks
 (the watchdog test). Unset in production: nothing looks at any file then."""
@@ -120,6 +131,8 @@ class Live:
     health_history: deque[tuple[float, bool]] = field(default_factory=lambda: deque(maxlen=10))
     notify: NotifySocket | None = None
     exited: asyncio.Future[RuntimeExit] | None = None
+    adhoc: AdHoc | None = None
+    """The ad-hoc unit (``quayctl run``) this container runs, if it is one."""
 
     def observed(self) -> Container:
         return Container(
@@ -133,6 +146,23 @@ class Live:
             status_text=self.status_text,
             unit=self.record.unit,
         )
+
+
+@dataclass
+class AdHoc:
+    """A unit ``quayctl run`` asked for: in memory only, never in the config directory."""
+
+    unit: Unit
+    hash: str
+    tty: bool
+    rm: bool
+    console_size: tuple[int, int] | None = None
+    console: int | None = None
+    """The master of the container's terminal, until it was attached and the container ended
+    (or the unit is removed)."""
+    exit: Exit | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    attached: bool = False
 
 
 @dataclass
@@ -170,6 +200,8 @@ class Agent:
         self.exits: dict[str, deque[Exit]] = {}
         self.events = EventLog(clock=clock)
         self.holds: set[str] = set()
+        self.adhoc: dict[str, AdHoc] = {}
+        """Ad-hoc units (``quayctl run``), by name: desired like the files' units."""
         self._hashes: dict[str, str] = {}
         self._states: dict[str, str] = {}
         self._pass_waiters: list[asyncio.Future[int]] = []
@@ -232,7 +264,8 @@ class Agent:
             self.holds = set()
 
     def _save_holds(self) -> None:
-        write_json_atomically(self.holds_file, {"version": 1, "held": sorted(self.holds)})
+        held = sorted(name for name in self.holds if name not in self.adhoc)
+        write_json_atomically(self.holds_file, {"version": 1, "held": held})
 
     def _setup(self) -> None:
         become_subreaper()
@@ -284,10 +317,14 @@ class Agent:
                 "restart": self._api_restart,
                 "exec": self._api_exec,
                 "reload": self._api_reload,
+                "run": self._api_run,
+                "remove": self._api_remove,
             },
             read_only={"status", "plan", "show", "events"},
         )
         await api.start()
+        attach = self._attach_socket()
+        attach_task = asyncio.create_task(self._serve_attach(attach))
         observer = self._watch_config_dir()
         for sig, handler in (
             (signal.SIGTERM, self._on_stop),
@@ -304,6 +341,12 @@ class Agent:
             self.notifier.notify("STOPPING=1")
             observer.stop()
             await api.close()
+            attach_task.cancel()
+            attach.close()
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / ATTACH_SOCKET).unlink()
+            for adhoc in self.adhoc.values():
+                _close_console(adhoc)
             if self.settings.stop_containers_on_exit:
                 await self._stop_everything()
             for task in list(self._tasks):
@@ -477,6 +520,14 @@ class Agent:
             self.last_good[name] = (loaded.unit, digest_hash)
             units[name] = DesiredUnit(name=name, unit=loaded.unit, hash=digest_hash)
         self._last_good_of_invalid(snapshot, units, invalid)
+        for name, adhoc in list(self.adhoc.items()):
+            if name in units or name in invalid:
+                log.warning(
+                    "a unit file took the name of an ad-hoc unit; it replaces it", unit=name
+                )
+                self._drop_adhoc(name)
+                continue
+            units[name] = DesiredUnit(name=name, unit=adhoc.unit, hash=adhoc.hash)
         for name in set(self._hashes) - set(units):
             del self._hashes[name]
         held = frozenset(name for name in self.holds if name in units)
@@ -611,9 +662,16 @@ class Agent:
         if unit.ready.mode == "notify":
             notify = NotifySocket(self.executor.notify_dir(name))
         started_at = self.clock()
+        adhoc = self.adhoc.get(name)
         try:
             launched = await self._work(
-                self.executor.start, name, unit, wanted_hash, self._all_units()
+                self.executor.start,
+                name,
+                unit,
+                wanted_hash,
+                self._all_units(),
+                terminal=adhoc is not None and adhoc.tty,
+                console_size=adhoc.console_size if adhoc is not None else None,
             )
         except Exception as error:
             if notify is not None:
@@ -631,9 +689,17 @@ class Agent:
             )
             raise ExecutorError(f"cannot start: {error}") from error
         self.errors.pop(name, None)
+        if launched.console is not None:
+            if adhoc is not None and self.adhoc.get(name) is adhoc:
+                _close_console(adhoc)
+                adhoc.console = launched.console
+            else:
+                os.close(launched.console)
         previous_hash, count = self.starts.get(name, ("", 0))
         self.starts[name] = (wanted_hash, count + 1 if previous_hash == wanted_hash else 1)
         self._track(name, launched, notify=notify)
+        if adhoc is not None:
+            self.live[name].adhoc = adhoc
         log.info("started", unit=name, pid=launched.pid, hash=wanted_hash)
         self.events.emit(name, "started", f"started, pid {launched.pid}", pid=launched.pid)
 
@@ -718,6 +784,8 @@ class Agent:
         self.events.emit(
             live.name, "exited", describe_exit(exit_), code=result.code, signal=result.signal
         )
+        if live.adhoc is not None:
+            self._adhoc_ended(live.name, live.adhoc, exit_)
         log.info(
             "ended",
             unit=live.name,
@@ -841,6 +909,9 @@ class Agent:
         """Containers left running by a previous agent: same PID, exit watching re-armed."""
         for found in await asyncio.to_thread(self.executor.find_containers):
             record = found.record
+            if record is not None and record.unit.container.labels.get(ADHOC_LABEL):
+                await self._end_adhoc_left(found.name, found.pid if found.running else None)
+                continue
             if found.running and found.pid and record is not None:
                 events = await asyncio.to_thread(self.executor.watch_oom, found.pid)
                 ready_at = record.ready_at
@@ -879,6 +950,19 @@ class Agent:
                     record.unit,
                 )
             log.info("found ended", unit=found.name, running=found.running)
+
+    async def _end_adhoc_left(self, name: str, pid: int | None) -> None:
+        """An ad-hoc container (``quayctl run``) of a previous agent is not adopted: its request
+        and its terminal died with that agent. It is killed and removed (its network goes with
+        the leftovers)."""
+        if pid is not None:
+            with contextlib.suppress(Exception):
+                await self._work(self.executor.signal, name, "SIGKILL")
+            deadline = self.clock() + KILL_TIMEOUT
+            while _alive(pid) and self.clock() < deadline:
+                await asyncio.sleep(0.05)
+        await self._work(self.executor.finish, name, None, killed=pid is not None, events=None)
+        log.info("removed an ad-hoc container of the previous agent", unit=name, pid=pid)
 
     async def _cleanup_leftovers(self) -> None:
         try:
@@ -1101,6 +1185,179 @@ class Agent:
             "stderr": done.stderr.decode(errors="replace"),
         }
 
+    # --- ad-hoc units: quayctl run -------------------------------------------------------------
+
+    async def _api_run(self, params: Mapping[str, Any]) -> Any:
+        """An ad-hoc unit: in memory only, restart policy "no", through the normal passes.
+        Answers once its container started (or the unit failed to)."""
+        image = params.get("image")
+        if not isinstance(image, str) or not image:
+            raise RequestError("bad-request", "image must be an image reference")
+        argv = params.get("argv")
+        if argv is not None and (
+            not isinstance(argv, list) or not all(isinstance(a, str) for a in argv)
+        ):
+            raise RequestError("bad-request", "argv must be a list of strings")
+        ports = params.get("ports") or []
+        if not isinstance(ports, list) or not all(isinstance(p, str) for p in ports):
+            raise RequestError("bad-request", 'ports must be a list of "HOST:CONTAINER" strings')
+        tty, rm = params.get("tty", False), params.get("rm", True)
+        if not isinstance(tty, bool) or not isinstance(rm, bool):
+            raise RequestError("bad-request", "tty and rm are true or false")
+        size = _console_size(params.get("console_size"))
+        name = params.get("name") or self._run_name()
+        if not isinstance(name, str) or not UNIT_NAME.fullmatch(name):
+            raise RequestError("bad-request", f"{name!r} is not a unit name")
+        if name in self._names() or (self.config_dir / f"{name}.toml").exists():
+            raise RequestError("conflict", f"a unit {name!r} exists already")
+        document: dict[str, Any] = {
+            "container": {
+                "image": image,
+                "labels": {ADHOC_LABEL: "true"},
+                **({"args": argv} if argv else {}),
+            },
+            "restart": {"policy": "no"},
+            "network": {"ports": ports},
+        }
+        try:
+            unit = Unit.model_validate(document)
+        except ValueError as error:
+            raise RequestError("bad-request", f"cannot run {image}: {error}") from None
+        self._check_ports(name, unit)
+        adhoc = AdHoc(unit=unit, hash=unit_hash(unit, None), tty=tty, rm=rm, console_size=size)
+        self.adhoc[name] = adhoc
+        log.info("ad-hoc unit", unit=name, image=image, argv=argv, tty=tty, rm=rm)
+        await self._next_pass()
+        while name not in self.live and adhoc.exit is None:
+            if self.adhoc.get(name) is not adhoc:
+                raise RequestError("conflict", f"{name} was removed before it started")
+            pull = self.pulls.get(name)
+            failure = self.errors.get(name) or (pull.error if pull is not None else None)
+            if failure and name not in self.busy:
+                self._drop_adhoc(name)
+                raise RequestError("failed", f"cannot run {image}: {failure}")
+            await asyncio.sleep(0.05)
+        live = self.live.get(name)
+        return {"unit": name, "pid": live.pid if live is not None else None, "tty": tty}
+
+    def _names(self) -> set[str]:
+        return (
+            set(self.plan.statuses)
+            | set(self.desired.units)
+            | set(self.desired.invalid)
+            | set(self.live)
+            | set(self.adhoc)
+            | set(self.busy)
+        )
+
+    def _run_name(self) -> str:
+        while (name := RUN_NAME_PREFIX + secrets.token_hex(3)) in self._names():
+            pass
+        return name
+
+    def _check_ports(self, name: str, unit: Unit) -> None:
+        mine = [mapping for spec in unit.network.ports for mapping in spec.mappings]
+        for other, desired in self.desired.units.items():
+            for spec in desired.unit.network.ports:
+                for mapping in spec.mappings:
+                    if other != name and any(m.conflicts_with(mapping) for m in mine):
+                        raise RequestError(
+                            "conflict", f"port {spec} is published by {other} already"
+                        )
+
+    def _adhoc_ended(self, name: str, adhoc: AdHoc, exit_: Exit) -> None:
+        adhoc.exit = exit_
+        adhoc.ended.set()
+        if adhoc.attached:
+            _close_console(adhoc)
+        if not adhoc.rm or self.adhoc.get(name) is not adhoc:
+            return
+        if adhoc.attached or adhoc.console is None:
+            self._drop_adhoc(name)
+        else:  # its client has not attached yet: let it get the output and the status
+            asyncio.get_running_loop().call_later(ATTACH_GRACE, self._drop_adhoc, name, adhoc)
+
+    def _drop_adhoc(self, name: str, only: AdHoc | None = None) -> None:
+        """Forget an ad-hoc unit: the next pass stops its container and releases its network."""
+        adhoc = self.adhoc.get(name)
+        if adhoc is None or (only is not None and adhoc is not only):
+            return
+        del self.adhoc[name]
+        _close_console(adhoc)
+        self.holds.discard(name)
+        log.info("ad-hoc unit removed", unit=name)
+        self.wake()
+
+    async def _api_remove(self, params: Mapping[str, Any]) -> Any:
+        name = self._known(params)
+        if name not in self.adhoc:
+            raise RequestError(
+                "conflict", f"{name} comes from a unit file: delete the file to remove it"
+            )
+        self._drop_adhoc(name)
+        await self._next_pass()
+        return {"unit": name, "message": f"{name} is being removed"}
+
+    def _attach_socket(self) -> socket.socket:
+        """``RUN_DIR/attach.sock``, mode 0600 (the API socket's start proved no other agent
+        serves this run directory, so a file left there is stale)."""
+        path = self.run_dir / ATTACH_SOCKET
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            os.fchmod(listener.fileno(), 0o600)
+            listener.bind(str(path))
+            os.chmod(path, 0o600)
+            listener.listen(16)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        return listener
+
+    async def _serve_attach(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                connection, _ = await loop.sock_accept(listener)
+            except OSError as error:
+                log.warning("attach socket: accept failed", error=str(error))
+                await asyncio.sleep(0.1)
+                continue
+            task = asyncio.create_task(self._attach(connection))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _attach(self, connection: socket.socket) -> None:
+        """One client: ``NAME\n`` in; ``+`` with the terminal's master (SCM_RIGHTS) out, then,
+        once the container ended, its exit as a JSON line; or ``-WHY\n``."""
+        loop = asyncio.get_running_loop()
+        with connection:
+            connection.setblocking(False)
+            try:
+                creds = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+                pid, uid, _ = struct.unpack("3i", creds)
+                if uid not in (0, os.geteuid()):
+                    log.warning("attach refused", uid=uid, pid=pid)
+                    await loop.sock_sendall(connection, b"-permission denied: needs root\n")
+                    return
+                name = await asyncio.wait_for(_read_line(loop, connection), 10.0)
+                adhoc = self.adhoc.get(name)
+                if adhoc is None or adhoc.console is None:
+                    why = "no such ad-hoc unit" if adhoc is None else "it has no terminal"
+                    await loop.sock_sendall(connection, f"-{name}: {why}\n".encode())
+                    return
+                socket.send_fds(connection, [b"+"], [adhoc.console])
+                adhoc.attached = True
+                log.info("attached", unit=name, pid=pid)
+                await adhoc.ended.wait()
+                _close_console(adhoc)
+                ended = _exit_json(adhoc.exit) if adhoc.exit is not None else {}
+                await loop.sock_sendall(connection, json.dumps(ended).encode() + b"\n")
+            except (OSError, TimeoutError, ValueError) as error:
+                log.info("attach ended", error=str(error) or type(error).__name__)
+
     async def _api_reload(self, params: Mapping[str, Any]) -> Any:
         del params
         passes = await self._next_pass()
@@ -1176,6 +1433,47 @@ def _action_json(action: Action) -> dict[str, Any]:
         "reason": action.reason,
         **({"why": action.why} if isinstance(action, Stop) else {}),
     }
+
+
+def _close_console(adhoc: AdHoc) -> None:
+    if adhoc.console is not None:
+        with contextlib.suppress(OSError):
+            os.close(adhoc.console)
+        adhoc.console = None
+
+
+def _console_size(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in value)
+    ):
+        return (value[0], value[1])
+    raise RequestError("bad-request", "console_size must be [rows, columns]")
+
+
+async def _read_line(loop: asyncio.AbstractEventLoop, connection: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = await loop.sock_recv(connection, 256)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > 256:
+            raise ValueError("the line is too long")
+    return data.decode(errors="replace").strip()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _trim_all(paths: list[Path]) -> None:

@@ -77,6 +77,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/units/{name}/stop", "stop"),
     Route("POST", "/v1/units/{name}/restart", "restart"),
     Route("POST", "/v1/units/{name}/exec", "exec"),
+    Route("POST", "/v1/units/{name}/remove", "remove"),
+    Route("POST", "/v1/run", "run"),
     Route("POST", "/v1/reload", "reload"),
 )
 """Every route and the name of the handler that answers it (a missing handler answers 501)."""

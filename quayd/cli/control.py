@@ -33,6 +33,8 @@ CONTROL_COMMANDS = (
     "stop",
     "restart",
     "exec",
+    "run",
+    "rm",
     "reload",
 )
 _AGENT_FAULTS = frozenset({"not-implemented", "bad-reply", "timeout", "too-large"})
@@ -192,26 +194,30 @@ def add_control_commands(commands: Any) -> None:
         "exec",
         "run a command in a unit's container",
         "Run CMD in the unit's running container, wait for it, print its output (stdout, then "
-        "stderr) and exit with its status. Interactive exec is not supported yet (no -i, no "
-        "-t: no stdin, no terminal). Exit status: the command's; 1 no such unit, no running "
-        "container, or the runtime could not run it; 4 the agent cannot be reached.",
+        "stderr) and exit with its status. With -i (stdin passed on) or -t (a terminal, which "
+        "needs one as input), quayctl runs the OCI runtime's exec itself, attached to its own "
+        "stdio (root only; --timeout does not apply). Exit status: the command's; 1 no such "
+        "unit, no running container, or the runtime could not run it; 2 -t without a "
+        "terminal; 4 the agent cannot be reached.",
         "quayctl exec web -- cat /etc/hostname",
         "quayctl exec --timeout 5 web -- wget -q -O- http://127.0.0.1/",
+        "quayctl exec -it web sh",
     )
     exec_.add_argument("name", metavar="NAME")
     exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     exec_.add_argument(
-        "-i",
-        "--interactive",
-        action="store_true",
-        help="interactive exec is not supported yet",
+        "-i", "--interactive", action="store_true", help="pass stdin on to CMD (root only)"
     )
-    exec_.add_argument("-t", "--tty", action="store_true", help="not supported yet (no terminal)")
+    exec_.add_argument(
+        "-t", "--tty", action="store_true", help="give CMD a terminal, relayed to this one"
+    )
     exec_.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
     exec_.add_argument(
         "--timeout", type=float, default=60.0, metavar="SECONDS", help="for CMD (default 60)"
     )
     exec_.set_defaults(handler=cmd_exec)
+
+    add_run_commands(commands)
 
     reload = add_parser(
         commands,
@@ -225,6 +231,66 @@ def add_control_commands(commands: Any) -> None:
     reload.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
     _timeout(reload, 60.0)
     reload.set_defaults(handler=cmd_reload)
+
+
+def add_run_commands(commands: Any) -> None:
+    """``run`` and ``rm``: ad-hoc units."""
+    run = add_parser(
+        commands,
+        "run",
+        "run an image as an ad-hoc unit",
+        "Run IMAGE (pulled if missing) as an ad-hoc unit: the agent keeps it in memory only "
+        '(never in the config directory), with restart policy "no", on the bridge with the '
+        "published ports; status, show, events and logs see it like any unit. CMD replaces the "
+        "image's Cmd. With -it the container's process gets a terminal, attached to this one "
+        "until it ends; the unit is then removed (--no-rm keeps it listed as exited). Without "
+        "-t quayctl prints the unit's name and returns at once (docker run -d): `quayctl logs` "
+        "reads its output, `quayctl stop` stops it, `quayctl rm` removes it. Root only. Exit "
+        "status: with -t, CMD's (killed by signal N: 128+N); else 0; 1 refused (a name taken, "
+        "a port published already, the image cannot be pulled); 2 -t without a terminal; 4 "
+        "the agent cannot be reached.",
+        "quayctl run --rm -it localhost/busybox:1.36 sh",
+        "quayctl run -p 9090:80 --name web2 localhost/busybox:1.36 httpd -f -p 80",
+    )
+    run.add_argument("image", metavar="IMAGE")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD ...")
+    run.add_argument("-i", "--interactive", action="store_true", help="pass stdin on (with -t)")
+    run.add_argument(
+        "-t", "--tty", action="store_true", help="a terminal for the process, attached here"
+    )
+    run.add_argument(
+        "-d", "--detach", action="store_true", help="do not attach (the default without -t)"
+    )
+    run.add_argument(
+        "--rm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="remove the unit once it ended (default: with -t)",
+    )
+    run.add_argument(
+        "-p",
+        "--publish",
+        action="append",
+        metavar="HOST:CONTAINER",
+        help="publish a port, as ports in a unit file (repeatable)",
+    )
+    run.add_argument("--name", metavar="NAME", help="the unit's name (default run-XXXXXX)")
+    _timeout(run, 600.0)
+    run.set_defaults(handler=cmd_run)
+
+    rm = add_parser(
+        commands,
+        "rm",
+        "remove an ad-hoc unit",
+        "Remove an ad-hoc unit (quayctl run): its container is stopped, its network released. "
+        "A unit from a file is removed by deleting its file. Exit status: 0; 1 no such unit, "
+        "or not an ad-hoc one; 4 the agent cannot be reached.",
+        "quayctl rm run-1a2b3c",
+    )
+    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
+    _timeout(rm, 60.0)
+    rm.set_defaults(handler=cmd_steer, verb="remove")
 
 
 def _timeout(parser: argparse.ArgumentParser, default: float) -> None:
@@ -324,15 +390,16 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    if args.interactive or args.tty:
-        print("quayctl exec: interactive exec is not supported yet (no -i, no -t)", file=sys.stderr)
-        return EXIT_USAGE
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         print("quayctl exec: no command: quayctl exec NAME -- CMD [ARG...]", file=sys.stderr)
         return EXIT_USAGE
+    if args.interactive or args.tty:
+        from quayd.cli import terminal  # noqa: PLC0415
+
+        return terminal.exec_interactive(args, argv)
     body = {"argv": argv, "timeout": args.timeout}
     code, reply = call(args, "POST", unit_path(args.name, "exec"), body, args.timeout + 10)
     if code:
@@ -347,6 +414,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.write(str(reply.get("stderr") or ""))
     return exit_status(reply.get("code"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from quayd.cli import terminal  # noqa: PLC0415
+
+    return terminal.run(args)
 
 
 def exit_status(code: Any) -> int:

@@ -43,6 +43,8 @@ AGENT_COMMANDS = (
     "stop",
     "restart",
     "exec",
+    "run",
+    "rm",
     "reload",
 )
 

@@ -91,6 +91,10 @@ class ContainerConfig:
     seccomp: dict[str, Any] | None = None
     nofile_ceiling: int | None = None
     swap_limit: bool = True
+    terminal: bool = False
+    """A terminal for the process (see :attr:`SpecInputs.terminal`); start it with a console
+    socket."""
+    console_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,8 @@ def _spec_inputs(name: str, rootfs: Path, config: ContainerConfig) -> SpecInputs
         seccomp=config.seccomp,
         nofile_ceiling=config.nofile_ceiling,
         swap_limit=config.swap_limit,
+        terminal=config.terminal,
+        console_size=config.console_size,
     )
 
 
@@ -209,11 +215,21 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def start(bundle: Bundle, runtime: Runtime, logs: int | Stdio) -> Started:
-    """Create and start the container; its stdout and stderr go to ``logs`` (caller closes)."""
+def start(
+    bundle: Bundle, runtime: Runtime, logs: int | Stdio, *, console_socket: Path | None = None
+) -> Started:
+    """Create and start the container; its stdout and stderr go to ``logs`` (caller closes).
+
+    A bundle with a terminal needs ``console_socket``: a listening unix socket (see
+    :class:`runtime.ConsoleSocket`) the runtime sends the pty's master to.
+    """
     stdio = logs if isinstance(logs, Stdio) else Stdio(stdout=logs, stderr=logs)
     pid = runtime.create(
-        bundle.name, bundle.directory, pid_file=bundle.directory / PID_FILE, stdio=stdio
+        bundle.name,
+        bundle.directory,
+        pid_file=bundle.directory / PID_FILE,
+        stdio=stdio,
+        console_socket=console_socket,
     )
     events = watch_oom(pid)
     try:

@@ -142,7 +142,15 @@ class Runtime(Protocol):
 
     name: str
 
-    def create(self, container_id: str, bundle: Path, *, pid_file: Path, stdio: Stdio) -> int: ...
+    def create(
+        self,
+        container_id: str,
+        bundle: Path,
+        *,
+        pid_file: Path,
+        stdio: Stdio,
+        console_socket: Path | None = None,
+    ) -> int: ...
     def start(self, container_id: str) -> None: ...
     def state(self, container_id: str) -> State | None: ...
     def list_ids(self) -> list[str]: ...
@@ -185,17 +193,31 @@ class OciRuntime:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def create(self, container_id: str, bundle: Path, *, pid_file: Path, stdio: Stdio) -> int:
-        """Create the container (its init waits for :meth:`start`); return the init's pid."""
+    def create(
+        self,
+        container_id: str,
+        bundle: Path,
+        *,
+        pid_file: Path,
+        stdio: Stdio,
+        console_socket: Path | None = None,
+    ) -> int:
+        """Create the container (its init waits for :meth:`start`); return the init's pid.
+
+        With ``console_socket`` (a bundle whose process has a terminal) the runtime sends the
+        pty's master there (:class:`ConsoleSocket`); ``stdio`` is then only the runtime's own.
+        """
         _check_id(container_id)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         log = bundle / f"{self.name}.log"
         log.unlink(missing_ok=True)
         pid_file.unlink(missing_ok=True)
+        console = ["--console-socket", str(console_socket)] if console_socket is not None else []
         argv = [
             *self._global(),
             "--log", str(log), "--log-format", "json",
-            "create", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id,
+            "create", "--bundle", str(bundle), "--pid-file", str(pid_file), *console,
+            container_id,
         ]  # fmt: skip
         done = self._invoke(
             argv,
@@ -307,6 +329,15 @@ class OciRuntime:
         finally:
             pid_file.unlink(missing_ok=True)
 
+    def exec_argv(self, container_id: str, argv: Sequence[str], *, tty: bool = False) -> list[str]:
+        """The command line that runs ``argv`` in the container attached to the caller's own
+        stdio (``quayctl exec -it`` executes it): with ``tty``, the runtime makes a terminal in
+        the container and relays it to the caller's. Pure: nothing is run."""
+        _check_id(container_id)
+        if not argv:
+            raise RuntimeCommandError("exec needs a command")
+        return [*self._global(), "exec", *(["--tty"] if tty else []), container_id, *argv]
+
     # --- plumbing --------------------------------------------------------------------------------
 
     def _global(self) -> list[str]:
@@ -361,6 +392,58 @@ class OciRuntime:
             ) from error
         except OSError as error:
             raise RuntimeCommandError(f"cannot run {self.binary}: {error}") from error
+
+
+class ConsoleSocket:
+    """The listening end of ``--console-socket``: the runtime connects during ``create`` and
+    sends the master of the container's pty (``SCM_RIGHTS``), which :meth:`receive` returns.
+
+    The socket file is mode 0600 (root's only). A connection waits in the backlog until it is
+    accepted, so :meth:`receive` is called once ``create`` has returned: no thread is needed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.unlink(missing_ok=True)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            os.fchmod(self._sock.fileno(), 0o600)
+            self._sock.bind(str(path))
+            self._sock.listen(1)
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def receive(self, timeout: float = COMMAND_TIMEOUT) -> int:
+        """The pty master the runtime sent (the caller owns it); RuntimeCommandError if none."""
+        self._sock.settimeout(timeout)
+        try:
+            connection, _ = self._sock.accept()
+        except TimeoutError as error:
+            raise RuntimeCommandError(f"no terminal on {self.path} within {timeout:g} s") from error
+        with connection:
+            connection.settimeout(timeout)
+            try:
+                _, fds, _, _ = socket.recv_fds(connection, 4096, 4)
+            except OSError as error:
+                raise RuntimeCommandError(f"no terminal received on {self.path}: {error}") from None
+        if not fds:
+            raise RuntimeCommandError(f"the runtime sent no terminal on {self.path}")
+        for extra in fds[1:]:
+            os.close(extra)
+        os.set_inheritable(fds[0], False)
+        return fds[0]
+
+    def close(self) -> None:
+        self._sock.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ConsoleSocket:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def crun(*, run_dir: Path = DEFAULT_RUN_DIR, systemd_cgroup: bool = True) -> OciRuntime:

@@ -134,6 +134,11 @@ class SpecInputs:
     """Whether the host's memory cgroup can limit swap (v1: ``memory.memsw.*`` exists). Without
     it the runtimes fail to write the swap limit, so the memory limit is set alone (as Docker
     does on such hosts)."""
+    terminal: bool = False
+    """Give the process a terminal (``quayctl run -t``): the runtime makes a pty in the container
+    and hands its master over the console socket; ``TERM`` defaults to ``xterm``."""
+    console_size: tuple[int, int] | None = None
+    """The terminal's first size, (rows, columns), with ``terminal`` (the client's window)."""
 
 
 @dataclass(frozen=True)
@@ -156,10 +161,16 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         raise SpecError(f"the root filesystem path {inputs.rootfs} is not absolute")
     hostname = container.hostname or inputs.name
     capabilities = sorted(capabilities_for(unit))
+    process: dict[str, Any] = {
+        "terminal": inputs.terminal,
+    }
+    if inputs.terminal and inputs.console_size is not None:
+        rows, columns = inputs.console_size
+        process["consoleSize"] = {"height": rows, "width": columns}
     return {
         "ociVersion": OCI_VERSION,
         "process": {
-            "terminal": False,
+            **process,
             "user": _user(inputs.user),
             "args": process_args(unit, inputs.image),
             "env": _env(inputs, hostname),
@@ -353,6 +364,8 @@ def _env(inputs: SpecInputs, hostname: str) -> list[str]:
     # HOME from the safely read passwd entry, so the runtime never looks it up in the image.
     if not any(entry.startswith("HOME=") for entry in env):
         env.append(f"HOME={inputs.user.home}")
+    if inputs.terminal and not any(entry.startswith("TERM=") for entry in env):
+        env.append("TERM=xterm")  # as docker run -t
     if inputs.notify_socket_dir is not None:
         env = [entry for entry in env if not entry.startswith("NOTIFY_SOCKET=")]
         env.append(f"NOTIFY_SOCKET={NOTIFY_DIR}/{NOTIFY_SOCKET_NAME}")

@@ -34,6 +34,7 @@ from quayd.isolation.container import (
     ContainerConfig,
     Driver,
     OomEvents,
+    Started,
     StopResult,
     finish,
     kill,
@@ -45,13 +46,14 @@ from quayd.isolation.container import (
 )
 from quayd.isolation.environment import read_env_files
 from quayd.isolation.runtime import (
-    Exit as RuntimeExit,
-)
-from quayd.isolation.runtime import (
+    ConsoleSocket,
     OciRuntime,
     journald_running,
     journald_stream,
     open_log_file,
+)
+from quayd.isolation.runtime import (
+    Exit as RuntimeExit,
 )
 from quayd.isolation.spec import EtcFiles, ImageDefaults, seccomp_for, stop_signal
 from quayd.net.network import Network
@@ -77,6 +79,8 @@ class Launched:
     record: ContainerRecord
     oom_events: OomEvents | None
     """Opened between create and start (cgroup v1): pass it to :meth:`Executor.finish`."""
+    console: int | None = None
+    """With a terminal: the master of the container's pty (the caller owns and closes it)."""
 
 
 @dataclass(frozen=True)
@@ -170,9 +174,20 @@ class Executor:
     # --- start ----------------------------------------------------------------------------------
 
     def start(
-        self, name: str, unit: Unit, unit_hash: str, all_units: Mapping[str, Unit]
+        self,
+        name: str,
+        unit: Unit,
+        unit_hash: str,
+        all_units: Mapping[str, Unit],
+        *,
+        terminal: bool = False,
+        console_size: tuple[int, int] | None = None,
     ) -> Launched:
-        """Image → network → bundle → record → create + start. Leaves nothing on failure."""
+        """Image → network → bundle → record → create + start. Leaves nothing on failure.
+
+        With ``terminal`` (an ad-hoc ``quayctl run -t``) the process gets a pty: the runtime is
+        given a console socket instead of the log as stdio, and :attr:`Launched.console` is the
+        pty's master."""
         record = self.image(unit)
         if record is None:
             raise ExecutorError(f"image {unit.container.image} is not in the store")
@@ -197,6 +212,8 @@ class Executor:
             seccomp=seccomp_for(unit, self.seccomp_profile),
             nofile_ceiling=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
             swap_limit=self._swap_limit,
+            terminal=terminal,
+            console_size=console_size,
         )
         layers = [self.store.layer_path(layer.chain_id) for layer in record.layers]
         try:
@@ -211,14 +228,29 @@ class Executor:
             write_record(directory, launched)
             out = self._open_logs(name)
             try:
-                started = start(bundle, self.runtime, out)
+                if terminal:
+                    started, console = self._start_with_terminal(name, bundle, out)
+                else:
+                    started, console = start(bundle, self.runtime, out), None
             finally:
                 os.close(out)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._clear(name, directory)
             raise
-        return Launched(pid=started.pid, record=launched, oom_events=started.oom_events)
+        return Launched(
+            pid=started.pid, record=launched, oom_events=started.oom_events, console=console
+        )
+
+    def console_socket(self, name: str) -> Path:
+        return self.run_dir / "console" / f"{name}.sock"
+
+    def _start_with_terminal(self, name: str, bundle: Bundle, out: int) -> tuple[Started, int]:
+        """create (with ``--console-socket``) and start, then take the pty's master: the
+        runtime's connection waits in the socket's backlog until it is accepted."""
+        with ConsoleSocket(self.console_socket(name)) as console_socket:
+            started = start(bundle, self.runtime, out, console_socket=console_socket.path)
+            return started, console_socket.receive()
 
     def _attach(self, name: str, unit: Unit, all_units: Mapping[str, Unit]) -> str | None:
         attachment = self.network.attach(name) if unit.network.mode == "bridge" else None

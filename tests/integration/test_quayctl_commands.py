@@ -38,6 +38,8 @@ AGENT_COMMANDS = [
     ["stop", "web"],
     ["restart", "web"],
     ["exec", "web", "--", "true"],
+    ["run", "localhost/busybox:1.36"],
+    ["rm", "run-1a2b3c"],
     ["reload"],
 ]
 
@@ -101,6 +103,12 @@ class ControlAgent(Agent):
             self.calls.append(("reload", None))
             return {"passes": 43}
 
+        async def run(params: dict[str, Any]) -> Any:
+            self.calls.append(("run", params))
+            if params.get("name") == "web":
+                raise RequestError("conflict", "a unit 'web' exists already")
+            return {"unit": params.get("name") or "run-1a2b3c", "pid": 4242, "tty": False}
+
         async def events(params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
             since = int(params.get("since", 0))
             follow = params.get("follow") is True
@@ -125,6 +133,8 @@ class ControlAgent(Agent):
             "exec": exec_,
             "reload": reload,
             "events": events,
+            "run": run,
+            "remove": steer("remove"),
         }
 
 
@@ -211,10 +221,53 @@ def test_exec(agent: ControlAgent, run_dir: Path) -> None:
     assert agent.calls[-1][1]["timeout"] == 5.0
     done = quayctl(run_dir, "exec", "web", "--", "fail", "-9")  # killed by SIGKILL
     assert done.returncode == 137
-    done = quayctl(run_dir, "exec", "-it", "web", "--", "sh")
+    done = subprocess.run(
+        [str(QUAYCTL), "--run-dir", str(run_dir), "exec", "-it", "web", "--", "sh"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 2
-    assert "interactive exec is not supported yet" in done.stderr
+    assert "-t needs a terminal" in done.stderr
     assert quayctl(run_dir, "exec", "nope", "--", "true").returncode == 1
+
+
+@pytest.mark.usefixtures("server")
+def test_run_without_a_terminal_prints_the_name(agent: ControlAgent, run_dir: Path) -> None:
+    done = quayctl(run_dir, "run", "-p", "9090:80", "localhost/busybox:1.36", "httpd", "-f")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "run-1a2b3c\n", "")
+    assert agent.calls[-1] == (
+        "run",
+        {
+            "image": "localhost/busybox:1.36",
+            "ports": ["9090:80"],
+            "tty": False,
+            "rm": False,
+            "argv": ["httpd", "-f"],
+        },
+    )
+    done = quayctl(run_dir, "run", "--rm", "-d", "--name", "try", "localhost/busybox:1.36")
+    assert (done.returncode, done.stdout) == (0, "try\n")
+    assert agent.calls[-1][1] == {
+        "image": "localhost/busybox:1.36",
+        "ports": [],
+        "tty": False,
+        "rm": True,
+        "name": "try",
+    }
+    done = quayctl(run_dir, "run", "--name", "web", "localhost/busybox:1.36")
+    assert (done.returncode, done.stderr) == (
+        1,
+        "quayctl run: conflict: a unit 'web' exists already\n",
+    )
+    done = quayctl(run_dir, "run", "-i", "localhost/busybox:1.36", "sh")
+    assert done.returncode == 2
+    assert "-i needs -t" in done.stderr
+    done = quayctl(run_dir, "rm", "web")
+    assert (done.returncode, done.stdout) == (0, "web: remove planned\n")
+    assert agent.calls[-1:] == [("remove", "web")]
 
 
 # --- events --------------------------------------------------------------------------------------

@@ -385,10 +385,12 @@ def test_every_command_has_an_example(command: str, capsys: pytest.CaptureFixtur
     assert "examples:\n\n  quayctl " in out or "examples:\n\n  until quayctl" in out
 
 
-def test_exec_says_interactive_is_not_supported(capsys: pytest.CaptureFixture[str]) -> None:
-    assert quayctl.main(["--run-dir", "/nonexistent", "exec", "-it", "web", "--", "sh"]) == 2
-    assert "interactive exec is not supported yet" in capsys.readouterr().err
+def test_exec_and_run_refuse_what_they_cannot_do(capsys: pytest.CaptureFixture[str]) -> None:
+    assert quayctl.main(["--run-dir", "/nonexistent", "exec", "-it", "web"]) == 2
+    assert "no command" in capsys.readouterr().err
     assert quayctl.main(["--run-dir", "/nonexistent", "exec", "web"]) == 2
+    assert quayctl.main(["--run-dir", "/nonexistent", "run", "-i", "busybox", "sh"]) == 2
+    assert "-i needs -t" in capsys.readouterr().err
 
 
 def test_the_state_dir_comes_from_the_settings_file(tmp_path: Path) -> None:

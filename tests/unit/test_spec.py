@@ -735,3 +735,20 @@ def test_stop_signal(unit_signal: str | None, image_signal: str | None, expected
 def test_bad_image_stop_signal_is_refused() -> None:
     with pytest.raises(SpecError, match="StopSignal"):
         stop_signal(make_unit(), ImageDefaults(stop_signal="SIGNOPE"))
+
+
+def test_no_terminal_by_default() -> None:
+    process = spec_of()["process"]
+    assert process["terminal"] is False
+    assert "consoleSize" not in process
+    assert not any(entry.startswith("TERM=") for entry in process["env"])
+
+
+def test_a_terminal_with_its_size_and_term() -> None:
+    process = spec_of(terminal=True, console_size=(24, 80))["process"]
+    assert process["terminal"] is True
+    assert process["consoleSize"] == {"height": 24, "width": 80}
+    assert "TERM=xterm" in process["env"]
+    unsized = spec_of(make_unit(container={"env": {"TERM": "vt100"}}), terminal=True)["process"]
+    assert "consoleSize" not in unsized
+    assert [e for e in unsized["env"] if e.startswith("TERM=")] == ["TERM=vt100"]
