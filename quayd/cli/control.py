@@ -1,5 +1,6 @@
 """quayctl's commands that steer or watch the agent: show, logs, events, wait, start, stop,
-restart, exec and reload (``status``, ``ping`` and ``plan`` are in :mod:`quayd.cli.quayctl`).
+restart, exec, run, rm and reload (``status``, ``ping`` and ``plan`` are in
+:mod:`quayd.cli.quayctl`; ``exec -i/-t`` and ``run`` load :mod:`quayd.cli.terminal`).
 
 Lean like ``status``: the standard library, :mod:`quayd.cli.client` and :mod:`quayd.cli.status`
 (the pure formatting), nothing heavier; ``logs`` loads :mod:`quayd.cli.logs` when it runs.

@@ -1,7 +1,8 @@
 """quayctl: the operator's tool. ``validate``, ``render`` and ``image`` work without the agent;
 ``status``, ``ping``, ``plan`` and the commands of :mod:`quayd.cli.control` (``show``, ``events``,
-``wait``, ``start``, ``stop``, ``restart``, ``exec``, ``reload``) ask the agent over its API socket
-(``RUN_DIR/quayd.sock``, docs/api.md); ``logs`` reads journald or the log file.
+``wait``, ``start``, ``stop``, ``restart``, ``exec``, ``run``, ``rm``, ``reload``) ask the agent
+over its API socket (``RUN_DIR/quayd.sock``, docs/api.md); ``logs`` reads journald or the log
+file.
 
 Exit codes: 0 success, 1 invalid configuration (or, for a command that asks the agent: no such
 unit, or the agent refused), 2 wrong usage; as supervisorctl: 3 some unit is not running (or not
