@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import secrets
@@ -43,6 +44,7 @@ from quayd import __version__
 from quayd.agent.api import ApiServer, RequestError
 from quayd.agent.events import EventLog
 from quayd.agent.logs import logger
+from quayd.images.pull import PullProgress
 from quayd.images.registry import RegistryClient
 from quayd.images.store import Store
 from quayd.isolation.container import KILL_TIMEOUT, OomEvents, usage
@@ -88,6 +90,8 @@ RESYNC_SECONDS = 30.0
 COALESCE_SECONDS = 0.03
 COALESCE_MAX_SECONDS = 0.3
 TCP_PROBE_INTERVAL = 0.1
+PROGRESS_EVERY = 1.0
+"""Seconds between two "pulling" progress events of one pull."""
 ACTION_THREADS = 8
 """Worker threads for actions (pulls, starts, stops, health checks). The loop's own work
 (reading the config directory) uses asyncio's default pool, so a burst of 100 starts never
@@ -636,7 +640,7 @@ class Agent:
         state.pulling = True
         self.events.emit(name, "pulling", f"pulling {unit.container.image}")
         try:
-            record = await self._work(self.executor.pull, unit)
+            record = await self._work(self.executor.pull, unit, self._pull_progress(name))
         except ExecutorError as error:
             state.failures += 1
             state.error = str(error)
@@ -654,6 +658,32 @@ class Agent:
         self.events.emit(
             name, "pulled", f"pulled {record.reference}", digest=record.manifest_digest
         )
+
+    def _pull_progress(self, name: str) -> Callable[[PullProgress], None]:
+        """A progress callback for a pull (called from worker threads): a "pulling" event with
+        the bytes so far, at most every :data:`PROGRESS_EVERY` seconds."""
+        loop = asyncio.get_running_loop()
+        layers: dict[str, tuple[int, int]] = {}
+        last = [0.0]
+
+        def report(step: PullProgress) -> None:
+            if step.kind != "layer":
+                return
+            layers[step.digest] = (step.done, step.total)
+            now = time.monotonic()
+            if now - last[0] < PROGRESS_EVERY:
+                return
+            last[0] = now
+            done = sum(d for d, _ in layers.values())
+            total = sum(t for _, t in layers.values())
+            message = f"pulling {step.reference}: {_megabytes(done)} of {_megabytes(total)} MB"
+            loop.call_soon_threadsafe(
+                functools.partial(
+                    self.events.emit, name, "pulling", message, done=done, total=total
+                )
+            )
+
+        return report
 
     async def _start(self, name: str, wanted_hash: str) -> None:
         desired = self.desired.units[name]
@@ -1112,33 +1142,34 @@ class Agent:
 
         return stream()
 
+    async def _hold(self, name: str, *, held: bool, message: str) -> None:
+        """Set or lift an operator's hold, persist it, say so (no-op when already so)."""
+        if (name in self.holds) == held:
+            return
+        if held:
+            self.holds.add(name)
+        else:
+            self.holds.discard(name)
+        await asyncio.to_thread(self._save_holds)
+        self.events.emit(name, "held" if held else "released", message)
+        log.info("held" if held else "released", unit=name)
+
     async def _api_stop(self, params: Mapping[str, Any]) -> Any:
         name = self._known(params)
-        if name not in self.holds:
-            self.holds.add(name)
-            await asyncio.to_thread(self._save_holds)
-            self.events.emit(name, "held", "stopped by an operator (quayctl stop)")
-            log.info("held", unit=name)
+        await self._hold(name, held=True, message="stopped by an operator (quayctl stop)")
         await self._next_pass()
         return {"unit": name, "held": True, "message": f"{name} is stopped until quayctl start"}
 
     async def _api_start(self, params: Mapping[str, Any]) -> Any:
         name = self._known(params)
-        if name in self.holds:
-            self.holds.discard(name)
-            await asyncio.to_thread(self._save_holds)
-            self.events.emit(name, "released", "started by an operator (quayctl start)")
-            log.info("released", unit=name)
+        await self._hold(name, held=False, message="started by an operator (quayctl start)")
         await self._next_pass()
         return {"unit": name, "held": False, "message": f"{name} starts as its unit says"}
 
     async def _api_restart(self, params: Mapping[str, Any]) -> Any:
         """Stop and start again now: no backoff, the hold (if any) lifted."""
         name = self._known(params)
-        if name in self.holds:
-            self.holds.discard(name)
-            await asyncio.to_thread(self._save_holds)
-            self.events.emit(name, "released", "restarted by an operator")
+        await self._hold(name, held=False, message="restarted by an operator")
         deadline = self.clock() + 30.0
         while name in self.busy and self.clock() < deadline:
             await self._next_pass()  # let the action in flight (a start, a stop) finish first
@@ -1424,6 +1455,10 @@ class Agent:
             "actions": [_action_json(action) for action in self.plan.actions],
             "wake_at": self.plan.wake_at,
         }
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.1f}"
 
 
 def _action_json(action: Action) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from quayd.images.errors import ImageError
 from quayd.images.model import ImageConfig, ImageRecord, Platform
-from quayd.images.pull import pull
+from quayd.images.pull import ProgressCallback, pull
 from quayd.images.registry import RegistryClient
 from quayd.images.store import Store
 from quayd.images.unpack import UnpackLimits
@@ -153,13 +153,14 @@ class Executor:
         """Every reference in the store (one read of its index, for a whole pass)."""
         return frozenset(self.store.images())
 
-    def pull(self, unit: Unit) -> ImageRecord:
+    def pull(self, unit: Unit, progress: ProgressCallback | None = None) -> ImageRecord:
         images = self.settings.images
         try:
             return pull(
                 str(unit.container.image),
                 store=self.store,
                 client=self.registry,
+                progress=progress,
                 platform=Platform.parse(unit.image.platform) if unit.image.platform else None,
                 max_concurrent=images.max_concurrent_downloads,
                 min_free_bytes=images.min_free_disk,

@@ -8,6 +8,7 @@ service — pulls them as a device would: ``pull = "always"`` takes a new digest
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +108,18 @@ def version_in(deployment: Deployment, name: str) -> str:
     return done.stdout.strip()
 
 
+def _events(deployment: Deployment, unit: str, kind: str) -> list[str]:
+    """The messages of the agent's events of ``kind`` for ``unit`` (streamed as NDJSON)."""
+    lines = deployment.host.python(
+        "from quayd.cli.client import stream\n"
+        "import json\n"
+        "for e in stream('/run/quay/quayd.sock', '/v1/events?follow=false'):\n"
+        "    print(json.dumps(e))\n"
+    ).stdout.splitlines()
+    found = [json.loads(line) for line in lines]
+    return [e["message"] for e in found if e["unit"] == unit and e["kind"] == kind]
+
+
 def test_pull_always_takes_the_new_digest_at_the_next_start(
     deployment: Deployment, registry: Registry
 ) -> None:
@@ -114,6 +127,9 @@ def test_pull_always_takes_the_new_digest_at_the_next_start(
     deployment.write("auto", unit("r/auto", "always"))
     first = running(deployment, "auto")
     assert version_in(deployment, "auto") == "1"
+
+    pulling = _events(deployment, "auto", "pulling")
+    assert any(" MB" in message for message in pulling), pulling
 
     registry.push("r/auto", "2")
     assert deployment.running_pid("auto") == first  # a running container is not replaced
