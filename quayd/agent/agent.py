@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sdnotify
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -44,8 +44,6 @@ from quayd import __version__
 from quayd.agent.api import ApiServer, RequestError
 from quayd.agent.events import EventLog
 from quayd.agent.logs import logger
-from quayd.images.pull import PullProgress
-from quayd.images.registry import RegistryClient
 from quayd.images.store import Store
 from quayd.isolation.container import KILL_TIMEOUT, OomEvents, usage
 from quayd.isolation.notify import NotifySocket
@@ -112,6 +110,9 @@ HANG_HOOK_ENV = "QUAYD_TEST_HANG_FILE"
 
 log = logger("quayd")
 
+
+if TYPE_CHECKING:
+    from quayd.images.pull import PullProgress
 
 T = TypeVar("T")
 
@@ -283,7 +284,6 @@ class Agent:
                 fix="apt-get install golang-github-containers-common",
             )
         self.store = Store.for_settings(self.settings)
-        self.registry = RegistryClient(self.settings.registries)
         self.network = Network(
             self.settings.network, state_dir=self.state_dir, run_dir=self.run_dir
         )
@@ -292,7 +292,6 @@ class Agent:
         self.executor = Executor(
             self.settings,
             store=self.store,
-            registry=self.registry,
             network=self.network,
             seccomp_profile=profile,
         )
@@ -358,7 +357,7 @@ class Agent:
             for live in self.live.values():
                 self._close_probes(live)
             loop.remove_reader(self.watcher.fileno())
-            self.registry.close()
+            self.executor.close()
             self._pool.shutdown(wait=False, cancel_futures=True)
             log.info("stopped", containers_left_running=len(self.live))
         return 0
