@@ -428,7 +428,9 @@ class Agent:
                 path = os.fsdecode(event.dest_path or event.src_path)
                 if event.event_type != "moved" and Path(path).name.startswith("."):
                     return  # a temp file being written: only its rename into place counts
-                complete = event.event_type in ("moved", "deleted", "closed")
+                complete = event.event_type in ("moved", "deleted", "closed") or (
+                    event.event_type == "created" and _has_content(path)
+                )
                 loop.call_soon_threadsafe(agent._on_file_event, complete)
 
         observer = Observer()
@@ -1454,6 +1456,15 @@ class Agent:
             "actions": [_action_json(action) for action in self.plan.actions],
             "wake_at": self.plan.wake_at,
         }
+
+
+def _has_content(path: str) -> bool:
+    """A file that appears with content was moved in from elsewhere (a write into a new file
+    starts empty): it is complete. inotify reports such a move as a creation."""
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return False
 
 
 def _megabytes(count: int) -> str:
