@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import sys
 
-from bench import agent, decompress, pull
+from bench import agent, decompress, pull, suite
 
-SCENARIOS = {"pull": pull.main, "decompress": decompress.main, "agent": agent.main}
+SCENARIOS = {
+    "pull": pull.main,
+    "decompress": decompress.main,
+    "agent": agent.main,
+    "all": suite.main,
+}
 
 
 def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in SCENARIOS:
-        print(f"usage: python -m bench {{{','.join(SCENARIOS)}}} [--quick] [--runs N]")
+        print(
+            f"usage: python -m bench {{{','.join(SCENARIOS)}}} [--quick] [options]\n"
+            "  all: every scenario, writes docs/benchmarks.md"
+        )
         return 2
     return SCENARIOS[sys.argv[1]](sys.argv[2:])
 

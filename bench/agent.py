@@ -58,6 +58,12 @@ ENTRY = "import sys; sys.path.insert(0, {source!r}); from quayd.cli.{module} imp
 ENTRY += "sys.exit(main(sys.argv[1:]))"
 
 
+def hidden_in_host(path: Path) -> bool:
+    """The systemd host has its own /run, /tmp and /var/tmp: a --source there is not the one it
+    would import (quayd would silently come from the checkout's editable install instead)."""
+    return any(path.is_relative_to(private) for private in ("/run", "/tmp", "/var/tmp"))
+
+
 def quayd_argv() -> list[str]:
     return [sys.executable, "-c", ENTRY.format(source=str(SOURCE[0]), module="quayd_main")]
 
@@ -278,7 +284,16 @@ def _child(pid: int) -> int | None:
     return int(words[0]) if words else None
 
 
-def quay_unit(command: list[str], *, network: str = "bridge", mark: Path | None = None) -> str:
+def quay_unit(
+    command: list[str],
+    *,
+    network: str = "bridge",
+    mark: Path | None = None,
+    binds: dict[Path, str] | None = None,
+    extra: str = "",
+) -> str:
+    """A unit running ``command``; ``mark`` bind-mounted at /marks, ``binds`` (host path →
+    container path) too, and ``extra`` TOML tables appended."""
     lines = [
         "[container]",
         f'image = "{IMAGE}"',
@@ -289,7 +304,9 @@ def quay_unit(command: list[str], *, network: str = "bridge", mark: Path | None 
     ]
     if mark is not None:
         lines += ["[[mounts]]", 'type = "bind"', f'source = "{mark}"', 'target = "/marks"']
-    return "\n".join(lines) + "\n"
+    for source, target in (binds or {}).items():
+        lines += ["[[mounts]]", 'type = "bind"', f'source = "{source}"', f'target = "{target}"']
+    return "\n".join(lines) + "\n" + extra
 
 
 def mark_time(path: Path, timeout: float = 60.0) -> int:
@@ -621,6 +638,9 @@ def main(argv: list[str]) -> int:
     runs = args.runs or (5 if args.quick else 20)
     if args.source:
         SOURCE[0] = args.source.resolve()
+        if hidden_in_host(SOURCE[0]):
+            print(f"bench agent: {SOURCE[0]} is not visible in the systemd host", file=sys.stderr)
+            return 2
     idle_seconds = args.idle_seconds or (10.0 if args.quick else 60.0)
     for tool in ("podman", "crun"):
         if shutil.which(tool) is None:

@@ -131,15 +131,22 @@ def write_oci_layout(directory: Path, tag: str, layers: list[bytes]) -> None:
     )
 
 
-def push(layout: Path, tag: str, target: str) -> None:
-    subprocess.run(
-        ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
-         f"docker://{target}"],
-        check=True,
-    )  # fmt: skip
+def push(
+    layout: Path, tag: str, target: str, run: Callable[[list[str]], object] | None = None
+) -> None:
+    """``skopeo copy`` the layout's ``tag`` to ``target``; ``run`` runs the command (default: here,
+    checked; ``python -m bench all`` runs it inside its systemd host, where the registry is)."""
+    command = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
+               f"docker://{target}"]  # fmt: skip
+    if run is None:
+        subprocess.run(command, check=True)
+    else:
+        run(command)
 
 
-def build_images(work: Path, registry: str, big_mb: int) -> dict[str, str]:
+def build_images(
+    work: Path, registry: str, big_mb: int, run: Callable[[list[str]], object] | None = None
+) -> dict[str, str]:
     busybox = Path("/bin/busybox").read_bytes()
     per_layer = big_mb * MB // 5
     big = [_layer({"bin/busybox": busybox})] + [
@@ -154,7 +161,7 @@ def build_images(work: Path, registry: str, big_mb: int) -> dict[str, str]:
     for name, (layers, target) in images.items():
         layout = work / "layouts" / name
         write_oci_layout(layout, "t", layers)
-        push(layout, "t", target)
+        push(layout, "t", target, run)
     return {name: target for name, (_, target) in images.items()}
 
 
