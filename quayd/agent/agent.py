@@ -88,6 +88,8 @@ RESYNC_SECONDS = 30.0
 COALESCE_SECONDS = 0.03
 COALESCE_MAX_SECONDS = 0.3
 TCP_PROBE_INTERVAL = 0.1
+FINISH_SECONDS = 20.0
+"""How long a stopping agent lets its actions in flight finish (TimeoutStopSec is 30 s)."""
 PROGRESS_EVERY = 1.0
 """Seconds between two "pulling" progress events of one pull."""
 ACTION_THREADS = 8
@@ -352,6 +354,7 @@ class Agent:
                 _close_console(adhoc)
             if self.settings.stop_containers_on_exit:
                 await self._stop_everything()
+            await self._finish_actions()
             for task in list(self._tasks):
                 task.cancel()
             for live in self.live.values():
@@ -403,6 +406,14 @@ class Agent:
         """Run blocking action work in the action pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: function(*args, **kwargs))
+
+    async def _finish_actions(self) -> None:
+        """Let actions in flight end (a removal half done is worse than a later stop) for up to
+        :data:`FINISH_SECONDS`, within systemd's TimeoutStopSec; the rest are cancelled."""
+        pending = [task for task in self._tasks if not task.done()]
+        if pending:
+            log.info("finishing actions before stopping", actions=len(pending))
+            await asyncio.wait(pending, timeout=FINISH_SECONDS)
 
     def wake(self) -> None:
         if self._wake is not None:

@@ -79,6 +79,9 @@ class EtcPaths:
 @dataclass(frozen=True)
 class SyncReport:
     ruleset_replaced: bool
+    drifted: bool
+    """The live ruleset was not the one this object had applied (someone changed or flushed
+    it); False for the first load on a host, which is no drift."""
     hosts_updated: tuple[str, ...]
     unreachable_ports: tuple[str, ...]
     """Published ports that cannot work (an IPv6 host address without an IPv6 subnet…)."""
@@ -250,7 +253,8 @@ class Network:
         net = self.bridge
         wanted = render_ruleset(net, endpoints)
         replaced = False
-        if verify or self._applied != wanted:
+        believed = self._applied == wanted
+        if verify or not believed:
             replaced = live_ruleset() != wanted
             if replaced:
                 apply_ruleset(wanted)
@@ -258,6 +262,7 @@ class Network:
         updated = self._write_etc_files(units, leases, verify=verify)
         return SyncReport(
             ruleset_replaced=replaced,
+            drifted=replaced and believed,
             hosts_updated=tuple(updated),
             unreachable_ports=tuple(unreachable_ports(net, endpoints)),
         )

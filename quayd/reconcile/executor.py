@@ -12,7 +12,6 @@ Waiting for a container to end is not done here: the agent's loop owns the one
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import resource
 import shutil
@@ -22,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from quayd.images.errors import ImageError
 from quayd.images.model import ImageConfig, ImageRecord, Platform
@@ -64,7 +65,7 @@ if TYPE_CHECKING:  # the registry client (httpx) is imported at the first pull, 
     from quayd.images.pull import ProgressCallback
     from quayd.images.registry import RegistryClient
 
-log = logging.getLogger("quayd.executor")
+log = structlog.get_logger("quayd.executor")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -284,8 +285,8 @@ class Executor:
         """Read the ruleset and the etc files back and repair any drift (the periodic resync)."""
         with self._network_lock:
             report = self.network.sync(all_units, verify=True)
-        if report.ruleset_replaced:
-            log.warning("the nftables ruleset had drifted; replaced it")
+        if report.drifted:
+            log.warning("the nftables ruleset had drifted; replaced it", table="inet quay")
 
     def _open_logs(self, name: str) -> int:
         if journald_running():
