@@ -13,21 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import IMAGE, QUAYCTL, Deployment, running, wait_until
+from tests.support.agent import IMAGE, QUAYCTL, WEB_BASE, Deployment, running, wait_until
 from tests.support.systemd_host import CONTAINER_TEST_MARKS, systemd_host
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
 
-SERVE = "mkdir -p /tmp/w; echo hello > /tmp/w/index.html; exec httpd -f -p 80 -h /tmp/w"
-WEB = f"""
-[container]
-image = "{IMAGE}"
-command = ["sh", "-c", "{SERVE}"]
-stop_timeout = "2s"
-[ready]
-mode = "tcp"
-port = 80
-[health]
+WEB = (
+    WEB_BASE
+    + """[health]
 command = ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1/"]
 interval = "300ms"
 [resources]
@@ -38,6 +31,7 @@ backoff = "1m"
 [network]
 ports = ["8080:80"]
 """
+)
 
 
 @pytest.fixture(scope="module")

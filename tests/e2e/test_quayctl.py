@@ -16,24 +16,16 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.support.agent import IMAGE, QUAYCTL, RUN_DIR, Deployment, running, wait_until
+from tests.support.agent import IMAGE, QUAYCTL, RUN_DIR, WEB_BASE, Deployment, running, wait_until
 from tests.support.systemd_host import CONTAINER_TEST_MARKS, REPO, systemd_host
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
 
 OPENAPI = yaml.safe_load((REPO / "docs" / "openapi.yaml").read_text())
 
-SERVE = "mkdir -p /tmp/w; echo hello > /tmp/w/index.html; exec httpd -f -p 80 -h /tmp/w"
 UNITS = {
-    "web": f"""
-[container]
-image = "{IMAGE}"
-command = ["sh", "-c", "{SERVE}"]
-stop_timeout = "2s"
-[ready]
-mode = "tcp"
-port = 80
-[health]
+    "web": WEB_BASE
+    + """[health]
 command = ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1/"]
 interval = "500ms"
 [resources]

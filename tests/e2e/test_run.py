@@ -16,22 +16,22 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent import IMAGE, QUAYCTL, RUN_DIR, Deployment, running, wait_until
+from tests.support.agent import (
+    IMAGE,
+    QUAYCTL,
+    RUN_DIR,
+    SERVE,
+    WEB_BASE,
+    Deployment,
+    running,
+    wait_until,
+)
 from tests.support.systemd_host import CONTAINER_TEST_MARKS, systemd_host
 from tests.support.terminal import drive
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
 
-SERVE = "mkdir -p /tmp/w; echo hello > /tmp/w/index.html; exec httpd -f -p 80 -h /tmp/w"
-WEB = f"""
-[container]
-image = "{IMAGE}"
-command = ["sh", "-c", "{SERVE}"]
-stop_timeout = "2s"
-[ready]
-mode = "tcp"
-port = 80
-"""
+WEB = WEB_BASE
 CTL = [str(QUAYCTL), "--run-dir", RUN_DIR]
 
 

@@ -27,6 +27,17 @@ QUAYCTL = VENV_BIN / "quayctl"
 IMAGE = "localhost/busybox:1.36"
 NOTIFY_IMAGE = "localhost/notify:1"
 RUN_DIR = "/run/quay"
+SERVE = "mkdir -p /tmp/w; echo hello > /tmp/w/index.html; exec httpd -f -p 80 -h /tmp/w"
+WEB_BASE = f"""
+[container]
+image = "{IMAGE}"
+command = ["sh", "-c", "{SERVE}"]
+stop_timeout = "2s"
+[ready]
+mode = "tcp"
+port = 80
+"""
+"""A busybox httpd serving "hello", ready when port 80 accepts: tests add their own tables."""
 
 
 def wait_until(what: str, check: Callable[[], T | None], timeout: float = 30.0) -> T:
