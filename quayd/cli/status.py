@@ -85,7 +85,8 @@ def format_duration(seconds: float) -> str:
 
 
 def format_header(payload: Payload, now: float) -> str:
-    """ "quayd 123 up 2h03m, 4 units: 2 running, 1 starting, 1 backoff, 0 invalid".
+    """The agent's line: its version, pid, uptime and config dir, then the units by state:
+    "quayd 0.1.0 (pid 123), up 2h03m, /etc/quay.d: 4 units: 2 running, 1 backoff, 0 invalid".
 
     ``running`` and ``invalid`` are always counted (the two numbers an operator looks for); the
     other states only when some unit is in them.
@@ -104,7 +105,9 @@ def format_header(payload: Payload, now: float) -> str:
     summary = ", ".join(f"{counts.get(s, 0)} {_clean(s)}" for s in shown)
     uptime = _since(agent.get("started_at"), now)
     noun = "unit" if len(units) == 1 else "units"
-    return f"quayd {agent.get('pid', '?')} up {uptime}, {len(units)} {noun}: {summary}"
+    who = f"quayd {_clean(str(agent.get('version', '?')))} (pid {agent.get('pid', '?')})"
+    where = _clean(str(agent.get("config_dir", "?")))
+    return f"{who}, up {uptime}, {where}: {len(units)} {noun}: {summary}"
 
 
 def format_finding(finding: Any) -> str:

@@ -231,7 +231,10 @@ def test_status_prints_the_table_and_exits_0_when_all_runs(agent: Agent, run_dir
     done = quayctl(run_dir, "status")
     assert (done.returncode, done.stderr) == (0, "")
     lines = done.stdout.splitlines()
-    assert lines[0] == f"quayd {os.getpid()} up 2h03m, 2 units: 1 running, 1 exited, 0 invalid"
+    assert lines[0] == (
+        f"quayd 0.1.0 (pid {os.getpid()}), up 2h03m, /etc/quay.d: 2 units: 1 running, 1 exited,"
+        " 0 invalid"
+    )
     assert lines[1].split() == [
         "NAME", "STATE", "HEALTH", "IMAGE", "IP", "PORTS", "RESTARTS", "UPTIME", "DETAIL"
     ]  # fmt: skip

@@ -33,6 +33,7 @@ from quayd.cli.status import (
 from quayd.units.settings import Settings
 
 NOW = 1_790_010_000.0
+HEADER = "quayd 0.1.0 (pid 123), up 2h03m, /etc/quay.d: "
 DIGEST = "sha256:f4bc048d" + "0" * 56
 
 
@@ -89,7 +90,7 @@ TABLE_UNITS = (
 def test_the_table_has_every_column_and_fits_100() -> None:
     """Too narrow for DETAIL beside the other columns: it goes below each row, cut to fit."""
     assert format_table(payload(*TABLE_UNITS), NOW) == (
-        "quayd 123 up 2h03m, 3 units: 1 running, 1 stopped, 1 exited, 0 invalid\n"
+        HEADER + "3 units: 1 running, 1 stopped, 1 exited, 0 invalid\n"
         "NAME  STATE    HEALTH   IMAGE                            IP         PORTS    RESTARTS  "
         "UPTIME\n"
         "db    stopped  -        localhost/busybox:1.36           -          -        0         -\n"
@@ -200,7 +201,7 @@ def test_held_units_count_as_fine(states: list[str], code: int) -> None:
 
 def test_stopped_is_counted_in_the_header() -> None:
     assert format_header(payload(unit("a", "stopped"), unit("b", "stopping")), NOW) == (
-        "quayd 123 up 2h03m, 2 units: 0 running, 1 stopping, 1 stopped, 0 invalid"
+        HEADER + "2 units: 0 running, 1 stopping, 1 stopped, 0 invalid"
     )
 
 

@@ -28,6 +28,7 @@ from quayd.cli.status import (
 from quayd.units.settings import DEFAULT_SETTINGS_FILE, Settings
 
 NOW = 1_790_010_000.0
+HEADER = "quayd 0.1.0 (pid 123), up 2h03m, /etc/quay.d: "
 
 
 def unit(name: str, state: str, **fields: Any) -> dict[str, Any]:
@@ -93,8 +94,11 @@ def test_durations(seconds: float, text: str) -> None:
 @pytest.mark.parametrize(
     ("units", "header"),
     [
-        ([], "quayd 123 up 2h03m, 0 units: 0 running, 0 invalid"),
-        ([unit("a", "running")], "quayd 123 up 2h03m, 1 unit: 1 running, 0 invalid"),
+        ([], HEADER + "0 units: 0 running, 0 invalid"),
+        (
+            [unit("a", "running")],
+            HEADER + "1 unit: 1 running, 0 invalid",
+        ),
         (
             [
                 unit("a", "running"),
@@ -102,16 +106,16 @@ def test_durations(seconds: float, text: str) -> None:
                 unit("c", "running"),
                 unit("d", "starting"),
             ],
-            "quayd 123 up 2h03m, 4 units: 2 running, 1 starting, 1 backoff, 0 invalid",
+            HEADER + "4 units: 2 running, 1 starting, 1 backoff, 0 invalid",
         ),
         (
             [unit("a", "invalid"), unit("b", "exited"), unit("c", "pulling")],
-            "quayd 123 up 2h03m, 3 units: 0 running, 1 pulling, 1 exited, 1 invalid",
+            HEADER + "3 units: 0 running, 1 pulling, 1 exited, 1 invalid",
         ),
         (
             # A state from a newer agent is counted under its own name.
             [unit("a", "paused"), unit("b", "removing")],
-            "quayd 123 up 2h03m, 2 units: 0 running, 1 removing, 1 paused, 0 invalid",
+            HEADER + "2 units: 0 running, 1 removing, 1 paused, 0 invalid",
         ),
     ],
 )
