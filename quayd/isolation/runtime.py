@@ -634,7 +634,14 @@ def _reap(pid: int, pidfd: int) -> Exit:
     except ChildProcessError:  # not our child: PID 1 (or another) reaps it
         return Exit(pid)
     if result is None:
-        return Exit(pid)
+        # The pidfd said it ended, so it is about to be waitable: wait rather than leave a
+        # zombie behind (no one else reaps a subreaper's adopted child).
+        try:
+            result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        except ChildProcessError:
+            return Exit(pid)
+        if result is None:
+            return Exit(pid)
     if result.si_code == os.CLD_EXITED:
         return Exit(pid, code=result.si_status)
     return Exit(pid, signal=result.si_status)

@@ -104,7 +104,7 @@ def test_restart_replaces_the_container_at_once(deployment: Deployment) -> None:
     new = wait_until(
         "a new web", lambda: (p := deployment.running_pid("web")) and p != pid and p, timeout=15
     )
-    assert not deployment.alive(pid)
+    wait_until("the old web gone", lambda: not deployment.alive(pid), timeout=5)
     assert deployment.alive(new)
 
 
