@@ -436,6 +436,8 @@ class Agent:
             def on_any_event(self, event: FileSystemEvent) -> None:
                 if event.event_type in ("opened", "closed_no_write"):
                     return
+                if event.is_directory and event.event_type == "modified":
+                    return  # comes with each change inside it, which says more
                 path = os.fsdecode(event.dest_path or event.src_path)
                 if event.event_type != "moved" and Path(path).name.startswith("."):
                     return  # a temp file being written: only its rename into place counts
