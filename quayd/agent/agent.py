@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -1195,20 +1195,8 @@ class Agent:
             history = self.history.get(name)
             if history is not None and history.last_exit is not None:
                 # the backoff and the policy step aside: the last run counts as replaced
-                last = history.last_exit
-                self.history[name] = History(
-                    restarts=0,
-                    last_exit=Exit(
-                        at=last.at,
-                        hash=last.hash,
-                        started_at=last.started_at,
-                        code=last.code,
-                        signal=last.signal,
-                        oom=last.oom,
-                        ready=last.ready,
-                        stopped_for="replace",
-                    ),
-                )
+                last_exit = replace(history.last_exit, stopped_for="replace")
+                self.history[name] = History(restarts=0, last_exit=last_exit)
         await self._next_pass()
         return {"unit": name, "message": f"{name} is restarting"}
 

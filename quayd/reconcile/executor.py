@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -334,17 +334,7 @@ class Executor:
         directory = self.container_dir(name)
         record = read_record(directory)
         if record is not None and record.ready_at is None:
-            write_record(
-                directory,
-                ContainerRecord(
-                    name=record.name,
-                    hash=record.hash,
-                    unit=record.unit,
-                    started_at=record.started_at,
-                    ready_at=at,
-                    image_digest=record.image_digest,
-                ),
-            )
+            write_record(directory, replace(record, ready_at=at))
 
     # --- adoption -------------------------------------------------------------------------------
 
