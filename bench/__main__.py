@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from bench import agent, decompress, pull, suite
+from bench import agent, decompress, pull, scale, suite
 
 SCENARIOS = {
     "pull": pull.main,
     "decompress": decompress.main,
     "agent": agent.main,
+    "scale": scale.main,
     "all": suite.main,
 }
 
@@ -18,7 +19,8 @@ def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in SCENARIOS:
         print(
             f"usage: python -m bench {{{','.join(SCENARIOS)}}} [--quick] [options]\n"
-            "  all: every scenario, writes docs/benchmarks.md"
+            "  all: every scenario, writes docs/benchmarks.md\n"
+            "  scale: only the N-units scenario (--units N, --podman)"
         )
         return 2
     return SCENARIOS[sys.argv[1]](sys.argv[2:])
