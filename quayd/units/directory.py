@@ -6,11 +6,18 @@ files); other files that do not end in ``.toml`` are ignored with a warning, so 
 backup never runs and never goes unnoticed.
 
 :func:`discover` and :func:`load_directory` read the disk; :func:`assemble` is pure.
+
+The agent loads its directory on every pass (hundreds while 100 units start); with a
+:class:`LoadCache` a file that did not change since the last load (same path, inode, size,
+mtime and ctime) is not read, parsed and validated again. The rules across units still run over
+the whole set each time (:func:`assemble`).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,10 +221,78 @@ def assemble(
     )
 
 
-def load_directory(directory: Path) -> ConfigSnapshot:
-    """Read the whole config directory; :class:`ConfigDirError` only if it cannot be listed."""
+def load_directory(directory: Path, cache: LoadCache | None = None) -> ConfigSnapshot:
+    """Read the whole config directory; :class:`ConfigDirError` only if it cannot be listed.
+
+    With ``cache`` (kept by the caller across loads of the same directory) a unit whose files
+    did not change is not read again: the result is the same as without it.
+    """
     files, warnings = discover(directory)
-    return assemble(directory, [_named(load_files(f)) for f in files], warnings)
+    if cache is None:
+        loaded = [load_files(f) for f in files]
+    else:
+        loaded = [cache.load(f) for f in files]
+        cache.keep({f.name for f in files})
+    return assemble(directory, [_named(unit) for unit in loaded], warnings)
+
+
+FileKey = tuple[str, int, int, int, int]
+"""A file's identity for the cache: path, inode, size, mtime and ctime in nanoseconds."""
+
+RACY_NANOSECONDS = 50_000_000
+"""A file changed this recently when it was looked at may change again within the
+filesystem's timestamp granularity without its key changing (git's "racily clean" entries):
+its result is not kept, and the next load reads it again."""
+
+
+class LoadCache:
+    """Per unit: the keys of its files and what :func:`load_files` made of them.
+
+    Safe to share between threads (a pass and a dry run may load at once).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[FileKey, ...], LoadedUnit | InvalidUnit]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, files: UnitFiles) -> LoadedUnit | InvalidUnit:
+        """:func:`load_files`, or its earlier result when no file changed."""
+        now = time.time_ns()
+        keys = _keys(files)
+        if keys is not None:
+            with self._lock:
+                entry = self._entries.get(files.name)
+            if entry is not None and entry[0] == keys:
+                return entry[1]
+        result = load_files(files)
+        if keys is not None and not any(
+            max(key[3], key[4]) >= now - RACY_NANOSECONDS for key in keys
+        ):
+            with self._lock:
+                self._entries[files.name] = (keys, result)
+        return result
+
+    def keep(self, names: set[str]) -> None:
+        """Forget the units not in ``names`` (their files are gone)."""
+        with self._lock:
+            for name in set(self._entries) - names:
+                del self._entries[name]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+def _keys(files: UnitFiles) -> tuple[FileKey, ...] | None:
+    """The keys of a unit's files; None when one cannot be looked at (then no caching)."""
+    keys = []
+    for path in (files.path, *files.dropins):
+        try:
+            found = os.stat(path)
+        except OSError:
+            return None
+        keys.append((str(path), found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns))
+    return tuple(keys)
 
 
 def _named(loaded: LoadedUnit | InvalidUnit) -> LoadedUnit | InvalidUnit:
