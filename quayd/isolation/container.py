@@ -6,7 +6,9 @@ The small high-level API the reconciler drives, over :mod:`spec`, :mod:`rootfs` 
 * :func:`prepare` mounts the overlay root, resolves the user in it, builds ``config.json`` and
   writes it atomically; it gives a :class:`Bundle`.
 * :func:`start` creates and starts the container (stdout and stderr to ``logs``): a
-  :class:`Started` with the init's pid.
+  :class:`Started` with the init's pid. :func:`create` and :func:`start_created` are its two
+  halves, for a caller with work to finish before the process runs (:func:`abort` undoes a
+  create).
 * :func:`stop` sends the stop signal, waits up to the timeout through the pidfd
   :class:`ExitWatcher` (no polling), sends SIGKILL, waits again, reads the OOM-kill count while the
   cgroup still exists, deletes the runtime's state and unmounts the root: a :class:`StopResult`.
@@ -221,8 +223,27 @@ def start(
     """Create and start the container; its stdout and stderr go to ``logs`` (caller closes).
 
     A bundle with a terminal needs ``console_socket``: a listening unix socket (see
-    :class:`runtime.ConsoleSocket`) the runtime sends the pty's master to.
+    :class:`runtime.ConsoleSocket`) the runtime sends the pty's master to. The same as
+    :func:`create` then :func:`start_created`, for a caller with nothing to do in between.
     """
+    return start_created(create(bundle, runtime, logs, console_socket=console_socket), runtime)
+
+
+@dataclass(frozen=True)
+class Created:
+    """A created container whose init waits for :func:`start_created` (or :func:`abort`)."""
+
+    pid: int
+    id: str
+    oom_events: OomEvents | None = field(default=None, compare=False, repr=False)
+
+
+def create(
+    bundle: Bundle, runtime: Runtime, logs: int | Stdio, *, console_socket: Path | None = None
+) -> Created:
+    """The runtime's create (see :func:`start`) and the OOM watch; the process does not run
+    yet. Work that must be done before it runs (its network) goes between this and
+    :func:`start_created`; on failure there, :func:`abort` removes what was created."""
     stdio = logs if isinstance(logs, Stdio) else Stdio(stdout=logs, stderr=logs)
     pid = runtime.create(
         bundle.name,
@@ -231,16 +252,31 @@ def start(
         stdio=stdio,
         console_socket=console_socket,
     )
-    events = watch_oom(pid)
     try:
-        runtime.start(bundle.name)
+        events = watch_oom(pid)
     except BaseException:
-        if events is not None:
-            events.close()
         with contextlib.suppress(RuntimeCommandError):
             runtime.delete(bundle.name, force=True)
         raise
-    return Started(pid=pid, id=bundle.name, oom_events=events)
+    return Created(pid=pid, id=bundle.name, oom_events=events)
+
+
+def start_created(created: Created, runtime: Runtime) -> Started:
+    """Run the user's process of a created container; on failure it is deleted."""
+    try:
+        runtime.start(created.id)
+    except BaseException:
+        abort(created, runtime)
+        raise
+    return Started(pid=created.pid, id=created.id, oom_events=created.oom_events)
+
+
+def abort(created: Created, runtime: Runtime) -> None:
+    """Delete a created container that will not be started (and close its OOM watch)."""
+    if created.oom_events is not None:
+        created.oom_events.close()
+    with contextlib.suppress(RuntimeCommandError):
+        runtime.delete(created.id, force=True)
 
 
 # --- stop and exit -------------------------------------------------------------------------------
