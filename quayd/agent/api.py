@@ -1,7 +1,10 @@
-"""The agent's control API: HTTP+JSON on a unix socket (``RUN_DIR/quayd.sock``), served by aiohttp.
+"""The agent's control API: HTTP/1.1+JSON on a unix socket (``RUN_DIR/quayd.sock``).
 
 docs/api.md describes every route for its callers (docs/openapi.yaml says the same as OpenAPI);
-``quayd.cli.client`` is quayctl's client. This module maps HTTP onto the agent's handlers:
+``quayd.cli.client`` is quayctl's client. The server is this module's own, small: asyncio streams
+carry the bytes, h11 (sans-I/O) parses requests and frames replies, and this module does the rest
+(routing, access, bodies, streams). It replaced aiohttp, whose import alone cost 10.5 MiB of RSS
+for a dozen routes on a unix socket. This module maps HTTP onto the agent's handlers:
 
 * A handler is ``async (params) -> result``; ``params`` merges the path parameters, the query
   parameters and the JSON body object (the body wins). The result is sent as JSON with status 200.
@@ -11,11 +14,16 @@ docs/api.md describes every route for its callers (docs/openapi.yaml says the sa
   error once the stream has begun ends it with one last line, ``{"error": {...}}``.
 * Errors are ``{"error": {"code": CODE, "message": TEXT}}`` with the HTTP status of the code
   (:data:`HTTP_STATUS`). A handler chooses one by raising :class:`RequestError`; any other
-  exception is logged and answered ``failed`` (500), and the server goes on.
+  exception is logged and answered ``failed`` (500), and the server goes on. A request that is
+  not HTTP/1.1 as h11 reads it (no ``Host``, a bad request line) is answered 400 and the
+  connection closed.
 * Access: the socket file is mode 0660, ``root:quay`` (the group when it exists), and each
   request's peer is checked with ``SO_PEERCRED``: root (or the agent's own user) may call
   everything; members of the group ``quay`` may call the read-only handlers; anyone else is
   refused (403) and the refusal is logged.
+* Connections are kept alive between requests (idle ones for :data:`KEEP_ALIVE_TIMEOUT`). A body
+  left unread (a refused call, a 413) is read and dropped for :data:`LINGERING_TIME` so the
+  client, still sending, gets to read the answer; then the connection goes on or is closed.
 """
 
 from __future__ import annotations
@@ -32,12 +40,14 @@ import stat
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, unquote, urlsplit
 
+import h11
 import structlog
-from aiohttp import web
 
 from quayd import __version__
 
@@ -50,14 +60,18 @@ SOCKET_MODE = 0o660
 GROUP = "quay"
 """The group whose members may call the read-only handlers."""
 MAX_BODY = 1024 * 1024
-"""The largest request body (aiohttp's ``client_max_size``); a larger one is answered 413."""
+"""The largest request body; a larger one (announced or counted as it arrives) is answered 413."""
 BODY_TIMEOUT = 10.0
 """Seconds a client has to send its body once the headers are in; then 408."""
 LINGERING_TIME = 2.0
-"""Seconds the server goes on reading (and dropping) a refused request's body before hanging up."""
+"""Seconds the server goes on reading (and dropping) an unread request body before hanging up."""
 SHUTDOWN_TIMEOUT = 2.0
 """Seconds :meth:`ApiServer.close` lets running handlers finish before they are cancelled."""
+KEEP_ALIVE_TIMEOUT = 75.0
+"""Seconds an idle connection (or one sending a request's head) is kept before it is closed."""
 _POLL = 0.25  # how often a quiet stream checks that its client is still there
+_READ_SIZE = 64 * 1024
+_JSON = "application/json; charset=utf-8"
 
 
 class Route(NamedTuple):
@@ -133,6 +147,119 @@ class Peer:
     groups: frozenset[int]
 
 
+@dataclass(frozen=True)
+class _Reply:
+    """A whole answer: JSON with a length (streams are written as they go instead)."""
+
+    status: int
+    body: bytes
+    close: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class _RequestFailedError(Exception):
+    """Raised while reading a request: answered with ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _ClientGoneError(Exception):
+    pass
+
+
+_END: Any = object()
+
+
+class _Connection:
+    """One client's connection: h11's state machine, fed from and writing to asyncio streams."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.http = h11.Connection(h11.SERVER)
+        self.busy = False  # between a request's head and the end of its answer
+        self.head = False  # the request is HEAD: its answer has no body
+        self._peer: Peer | None = None
+        self._peer_known = False
+
+    def peer(self) -> Peer | None:
+        """The client's credentials (fixed when it connected, so read once)."""
+        if not self._peer_known:
+            self._peer = _peer(self.writer.get_extra_info("socket"))
+            self._peer_known = True
+        return self._peer
+
+    async def next_event(self) -> Any:
+        """h11's next event, reading as much as it needs (EOF is fed to it as ``b""``)."""
+        while True:
+            event = self.http.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.http.receive_data(await self.reader.read(_READ_SIZE))
+
+    async def send(self, *events: Any) -> None:
+        for event in events:
+            data = self.http.send(event)
+            if data:
+                self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_body(self) -> bytes:
+        """The request's whole body; :class:`_RequestFailedError` once it passes MAX_BODY."""
+        if self.http.they_are_waiting_for_100_continue:
+            await self.send(
+                h11.InformationalResponse(status_code=100, headers=[], reason="Continue")
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await self.next_event()
+            if isinstance(event, h11.EndOfMessage):
+                return b"".join(chunks)
+            if not isinstance(event, h11.Data):  # h11 raises on an early EOF; this is a guard
+                raise ConnectionResetError("the client went away while sending its body")
+            size += len(event.data)
+            if size > MAX_BODY:
+                raise _RequestFailedError(
+                    "too-large", f"a request body is at most {MAX_BODY} bytes"
+                )
+            chunks.append(event.data)
+
+    async def reply(self, reply: _Reply) -> None:
+        headers = [
+            ("Content-Type", _JSON),
+            ("Content-Length", str(len(reply.body))),
+            *reply.headers,
+        ]
+        if reply.close:
+            headers.append(("Connection", "close"))
+        response = h11.Response(
+            status_code=reply.status, headers=headers, reason=HTTPStatus(reply.status).phrase
+        )
+        await self.send(
+            response, h11.Data(data=b"" if self.head else reply.body), h11.EndOfMessage()
+        )
+
+    def gone(self) -> bool:
+        """The client hung up (or its connection broke)."""
+        return self.writer.is_closing() or self.reader.at_eof()
+
+    async def linger(self) -> bool:
+        """Read and drop what is left of the request's body; False if it does not end in time."""
+        if self.http.their_state is not h11.SEND_BODY:
+            return True
+        try:
+            async with asyncio.timeout(LINGERING_TIME):
+                while not isinstance(await self.next_event(), h11.EndOfMessage):
+                    pass
+        except TimeoutError:
+            return False
+        return True
+
+
 class ApiServer:
     """Serve ``handlers`` over HTTP on the unix socket ``path`` (see the module's docstring).
 
@@ -155,9 +282,10 @@ class ApiServer:
         self._handlers: dict[str, Handler] = {"ping": _ping, **handlers}
         self._read_only = frozenset(read_only) | {"ping"}
         self._gid: int | None = None
-        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
         self._identity: tuple[int, int] | None = None
-        self._streams: set[asyncio.Task[Any]] = set()
+        self._connections: dict[asyncio.Task[Any], _Connection] = {}
+        self._closing = False
 
     async def __aenter__(self) -> ApiServer:
         await self.start()
@@ -175,49 +303,51 @@ class ApiServer:
 
     async def start(self) -> None:
         """Bind and serve. A socket file left by a dead agent is replaced; a live one is not."""
-        if self._runner is not None:
+        if self._server is not None:
             raise RuntimeError("the API server is already started")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await self._remove_stale()
         self._gid = _group_id(self.group)
+        self._closing = False
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        runner: web.AppRunner | None = None
         try:
             # bind() creates the file with the socket inode's mode less the umask: set it first, so
-            # the path is never wider than 0660, not even between bind() and chmod(). (This is why
-            # the socket is bound here and handed to a SockSite rather than to a UnixSite.)
+            # the path is never wider than 0660, not even between bind() and chmod().
             os.fchmod(sock.fileno(), SOCKET_MODE)
             sock.bind(os.fspath(self.path))
             os.chmod(self.path, SOCKET_MODE)  # exactly 0660, whatever the umask took away
             info = os.stat(self.path)
             self._identity = (info.st_dev, info.st_ino)
             self._give_to_group()
-            runner = web.AppRunner(
-                self._application(),
-                handle_signals=False,
-                access_log=None,
-                lingering_time=LINGERING_TIME,
-                shutdown_timeout=SHUTDOWN_TIMEOUT,
+            self._server = await asyncio.start_unix_server(
+                self._on_connection, sock=sock, backlog=128, limit=_READ_SIZE
             )
-            await runner.setup()
-            await web.SockSite(runner, sock, backlog=128).start()
         except BaseException:
-            if runner is not None:
-                await runner.cleanup()
             sock.close()
             self._remove_own_socket()
             raise
-        self._runner = runner
 
     async def close(self) -> None:
-        """Stop serving, end open streams and connections, remove the socket file if still ours."""
-        runner, self._runner = self._runner, None
-        if runner is None:
+        """Stop serving, end open streams and connections, remove the socket file if still ours.
+
+        Idle connections are closed at once, streams end (cleanly: their last chunk is sent), and
+        other running handlers get :data:`SHUTDOWN_TIMEOUT` to finish before they are cancelled.
+        """
+        server, self._server = self._server, None
+        if server is None:
             return
-        streams = list(self._streams)
-        for task in streams:
+        self._closing = True
+        server.close()
+        for task, conn in list(self._connections.items()):
+            if not conn.busy:
+                task.cancel()
+        running = list(self._connections)
+        if running:
+            await asyncio.wait(running, timeout=SHUTDOWN_TIMEOUT)
+        for task in running:
             task.cancel()
-        await runner.cleanup()
+        await asyncio.gather(*running, return_exceptions=True)
+        await server.wait_closed()
         self._remove_own_socket()
 
     def _give_to_group(self) -> None:
@@ -256,54 +386,113 @@ class ApiServer:
                 self.path.unlink()
         self._identity = None
 
+    # --- connections -----------------------------------------------------------------------------
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        conn = _Connection(reader, writer)
+        self._connections[task] = conn
+        try:
+            await self._converse(conn)
+        except ConnectionError:
+            pass  # the client went away
+        except Exception:
+            log.exception("API connection failed")
+        finally:
+            del self._connections[task]
+            writer.close()
+
+    async def _converse(self, conn: _Connection) -> None:
+        """Answer the connection's requests one after the other, until either side closes it."""
+        while not self._closing:
+            conn.busy = False
+            try:
+                async with asyncio.timeout(KEEP_ALIVE_TIMEOUT):
+                    request = await conn.next_event()
+            except TimeoutError:
+                return
+            except h11.RemoteProtocolError as error:
+                await _refuse_bad_http(conn, error)
+                return
+            if not isinstance(request, h11.Request):
+                return  # ConnectionClosed: the client is done
+            conn.busy = True
+            try:
+                await self._answer(conn, request)
+                if not await conn.linger():
+                    return
+            except h11.RemoteProtocolError as error:  # a broken body
+                await _refuse_bad_http(conn, error)
+                return
+            if conn.http.our_state is not h11.DONE or conn.http.their_state is not h11.DONE:
+                return  # we said Connection: close, or a stream did not end
+            conn.http.start_next_cycle()
+
     # --- requests --------------------------------------------------------------------------------
 
-    def _application(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors_as_json])
-        for route in ROUTES:
-            app.router.add_route(route.method, route.path, self._endpoint(route))
-        return app
+    async def _answer(self, conn: _Connection, request: h11.Request) -> None:
+        method = request.method.decode("ascii")
+        raw_path, query = _split_target(request.target.decode("latin-1"))
+        conn.head = method == "HEAD"
+        reply = await self._reply(conn, request, method, raw_path, query)
+        if reply is not None:
+            await conn.reply(reply)
 
-    def _endpoint(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def endpoint(request: web.Request) -> web.StreamResponse:
-            return await self._serve(route, request)
-
-        return endpoint
-
-    async def _serve(self, route: Route, request: web.Request) -> web.StreamResponse:
+    async def _reply(
+        self, conn: _Connection, request: h11.Request, method: str, raw_path: str, query: str
+    ) -> _Reply | None:
+        """The answer to the request; None when it was a stream, already written."""
+        path = unquote(raw_path)
+        found = _route(method, raw_path, path)
+        if isinstance(found, _Reply):
+            return found
+        route, path_params = found
         name = route.handler
-        refusal = self._refusal(name, request)
+        refusal = self._refusal(name, method, path, conn.peer())
         if refusal is not None:
             return refusal
         handler = self._handlers.get(name)
         if handler is None:
-            return _error_response(
-                "not-implemented", f"{request.method} {route.path}: this agent has no {name!r}"
+            return _error_reply(
+                "not-implemented", f"{method} {route.path}: this agent has no {name!r}"
             )
-        params = await _params(request)
+        try:
+            params = await _params(conn, request, path_params, query)
+        except _RequestFailedError as error:
+            close = error.code in ("timeout", "too-large")  # the rest of the body is not wanted
+            return _error_reply(error.code, error.message, close=close)
+        return await self._call(conn, name, handler, params)
+
+    async def _call(
+        self, conn: _Connection, name: str, handler: Handler, params: dict[str, Any]
+    ) -> _Reply | None:
+        """Run the handler: its result as a reply, or its stream written (then None)."""
         try:
             result = handler(params)
             if inspect.isawaitable(result):
                 result = await result
         except RequestError as error:
-            return _error_response(error.code, error.message)
+            return _error_reply(error.code, error.message)
         except Exception as error:
             log.exception("API handler failed", handler=name)
-            return _error_response("failed", f"{name} failed: {error or type(error).__name__}")
+            return _error_reply("failed", f"{name} failed: {error or type(error).__name__}")
         if name in STREAMING:
             if not isinstance(result, AsyncIterator):
                 log.error("API handler returned no async iterator", handler=name)
-                return _error_response("failed", f"{name} failed: it returned no stream")
-            return await self._stream(request, name, result)
+                return _error_reply("failed", f"{name} failed: it returned no stream")
+            await self._stream(conn, name, result)
+            return None
         try:
-            return web.Response(body=_encode(result), content_type="application/json")
+            return _Reply(200, _encode(result))
         except (TypeError, ValueError, RecursionError) as error:
             log.error("API result is not JSON", handler=name, error=str(error))
-            return _error_response("failed", f"{name} failed: the result is not JSON: {error}")
+            return _error_reply("failed", f"{name} failed: the result is not JSON: {error}")
 
-    def _refusal(self, name: str, request: web.Request) -> web.Response | None:
+    def _refusal(self, name: str, method: str, path: str, peer: Peer | None) -> _Reply | None:
         """None when the peer may call ``name``; else the 403 to answer (and the log line)."""
-        peer = _peer(request)
         if peer is not None:
             if peer.uid in (0, os.geteuid()):
                 return None
@@ -314,85 +503,136 @@ class ApiServer:
         log.warning(
             "API call refused",
             handler=name,
-            method=request.method,
-            path=request.path,
+            method=method,
+            path=path,
             uid=None if peer is None else peer.uid,
             pid=None if peer is None else peer.pid,
         )
-        return _error_response(
+        return _error_reply(
             "forbidden",
-            f"permission denied: {who} may not call {request.method} {request.path} (needs "
+            f"permission denied: {who} may not call {method} {path} (needs "
             f"root, or membership of group {self.group} for read-only calls)",
         )
 
-    async def _stream(
-        self, request: web.Request, name: str, items: AsyncIterator[Any]
-    ) -> web.StreamResponse:
+    # --- streams ---------------------------------------------------------------------------------
+
+    async def _stream(self, conn: _Connection, name: str, items: AsyncIterator[Any]) -> None:
         """Write each item as a line of JSON until the iterator ends or the client goes away."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._streams.add(task)
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        response.enable_chunked_encoding()
+        headers = [("Content-Type", "application/x-ndjson"), ("Transfer-Encoding", "chunked")]
         try:
-            await response.prepare(request)
-            while True:
-                item = await _next_while_connected(request, items)
-                if item is _END:
-                    break
-                try:
-                    line = _encode(item)
-                except (TypeError, ValueError, RecursionError) as error:
-                    log.error("API stream item is not JSON", handler=name, error=str(error))
-                    message = f"{name} failed: an item is not JSON: {error}"
-                    await response.write(_encode(_error_body("failed", message)) + b"\n")
-                    break
-                await response.write(line + b"\n")
-            await response.write_eof()
-        except (_ClientGoneError, ConnectionResetError):
+            await conn.send(h11.Response(status_code=200, headers=headers, reason="OK"))
+            await self._stream_items(conn, name, items)
+            await conn.send(h11.EndOfMessage())
+        except (_ClientGoneError, ConnectionError):
             pass  # nobody to tell
         except Exception as error:  # the iterator failed: say so on the stream, then end it
             log.exception("API stream failed", handler=name)
-            with contextlib.suppress(ConnectionResetError):
+            with contextlib.suppress(ConnectionError):
                 message = f"{name} failed: {error or type(error).__name__}"
-                await response.write(_encode(_error_body("failed", message)) + b"\n")
-                await response.write_eof()
+                line = _encode(_error_body("failed", message)) + b"\n"
+                await conn.send(h11.Data(data=line), h11.EndOfMessage())
         finally:
-            self._streams.discard(task)
             await _close_iterator(items, name)
-        return response
 
-
-class _ClientGoneError(Exception):
-    pass
-
-
-_END: Any = object()
-
-
-async def _next_while_connected(request: web.Request, items: AsyncIterator[Any]) -> Any:
-    """The next item, :data:`_END` at the end; :class:`_ClientGoneError` once the client left."""
-
-    async def following() -> Any:
-        try:
-            return await anext(items)
-        except StopAsyncIteration:
-            return _END
-
-    waiting = asyncio.ensure_future(following())
-    try:
+    async def _stream_items(self, conn: _Connection, name: str, items: AsyncIterator[Any]) -> None:
         while True:
-            done, _ = await asyncio.wait({waiting}, timeout=_POLL)
-            if done:
-                return waiting.result()
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                raise _ClientGoneError
-    finally:
-        if not waiting.done():
-            waiting.cancel()
-            with contextlib.suppress(BaseException):
-                await waiting
+            item = await self._next_while_connected(conn, items)
+            if item is _END:
+                return
+            try:
+                line = _encode(item)
+            except (TypeError, ValueError, RecursionError) as error:
+                log.error("API stream item is not JSON", handler=name, error=str(error))
+                message = f"{name} failed: an item is not JSON: {error}"
+                await conn.send(h11.Data(data=_encode(_error_body("failed", message)) + b"\n"))
+                return
+            await conn.send(h11.Data(data=line + b"\n"))
+
+    async def _next_while_connected(self, conn: _Connection, items: AsyncIterator[Any]) -> Any:
+        """The next item, :data:`_END` at the end or when the server closes;
+        :class:`_ClientGoneError` once the client left."""
+
+        async def following() -> Any:
+            try:
+                return await anext(items)
+            except StopAsyncIteration:
+                return _END
+
+        waiting = asyncio.ensure_future(following())
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=_POLL)
+                if done:
+                    return waiting.result()
+                if self._closing:
+                    return _END
+                if conn.gone():
+                    raise _ClientGoneError
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(BaseException):
+                    await waiting
+
+
+async def _refuse_bad_http(conn: _Connection, error: h11.RemoteProtocolError) -> None:
+    """Answer a request h11 cannot read with 400 (or its status), if an answer may still go."""
+    if conn.http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    status = error.error_status_hint
+    code = _CODE_OF_STATUS.get(status, "bad-request")
+    with contextlib.suppress(ConnectionError, h11.LocalProtocolError):
+        await conn.reply(
+            _error_reply(code, f"not a request this server reads: {error}", close=True)
+        )
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """The raw path and the query of a request target (origin-form, or absolute-form)."""
+    if not target.startswith("/") and "://" in target:
+        parts = urlsplit(target)
+        return parts.path or "/", parts.query
+    path, _, query = target.partition("?")
+    return path, query
+
+
+def _route(method: str, raw_path: str, path: str) -> tuple[Route, dict[str, str]] | _Reply:
+    """The route for ``method`` and the path's parameters, or the 404 or 405 to answer."""
+    segments = [unquote(segment) for segment in raw_path.split("/")]
+    allowed: list[str] = []
+    for route, pattern in _PATTERNS:
+        params = _match(pattern, segments)
+        if params is None:
+            continue
+        if route.method == method:
+            return route, params
+        allowed.append(route.method)
+    if not allowed:
+        return _error_reply("not-found", f"there is no route {path} (see docs/api.md)")
+    methods = ", ".join(sorted(set(allowed)))
+    return _error_reply(
+        "method-not-allowed",
+        f"{method} is not allowed on {path}; allowed: {methods}",
+        headers=(("Allow", methods),),
+    )
+
+
+def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
+    """The parameters if ``segments`` fit ``pattern`` (a ``{name}`` takes one non-empty one)."""
+    if len(pattern) != len(segments):
+        return None
+    params: dict[str, str] = {}
+    for want, got in zip(pattern, segments, strict=True):
+        if want.startswith("{") and want.endswith("}"):
+            if not got:
+                return None
+            params[want[1:-1]] = got
+        elif want != got:
+            return None
+    return params
+
+
+_PATTERNS = tuple((route, tuple(route.path.split("/"))) for route in ROUTES)
 
 
 async def _close_iterator(items: AsyncIterator[Any], name: str) -> None:
@@ -405,17 +645,18 @@ async def _close_iterator(items: AsyncIterator[Any], name: str) -> None:
         log.exception("API stream: closing the iterator failed", handler=name)
 
 
-async def _params(request: web.Request) -> dict[str, Any]:
+async def _params(
+    conn: _Connection, request: h11.Request, found: dict[str, str], query: str
+) -> dict[str, Any]:
     """Path parameters, then query parameters, then the body object's members (the body wins)."""
-    params: dict[str, Any] = dict(request.match_info)
-    params.update(_query(request))
-    if request.content_length is not None and request.content_length > MAX_BODY:
+    params: dict[str, Any] = dict(found)
+    params.update(_query(query))
+    length = _content_length(request)
+    if length is not None and length > MAX_BODY:
         raise _RequestFailedError("too-large", f"a request body is at most {MAX_BODY} bytes")
-    if not request.body_exists:
-        return params
     try:
         async with asyncio.timeout(BODY_TIMEOUT):
-            raw = await request.read()
+            raw = await conn.read_body()
     except TimeoutError:
         raise _RequestFailedError(
             "timeout", f"the body did not arrive within {BODY_TIMEOUT:g}s"
@@ -432,14 +673,21 @@ async def _params(request: web.Request) -> dict[str, Any]:
     return params
 
 
-def _query(request: web.Request) -> dict[str, Any]:
+def _content_length(request: h11.Request) -> int | None:
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)  # h11 checked that it is a number
+    return None
+
+
+def _query(text: str) -> dict[str, Any]:
     """The query parameters: ``follow`` as a boolean, ``since`` as a number, others as text."""
-    query: dict[str, Any] = dict(request.query)
+    query: dict[str, Any] = dict(parse_qsl(text, keep_blank_values=True))
     if "follow" in query:
-        text = query["follow"].lower()
-        if text not in ("true", "false", "1", "0", "yes", "no", ""):
+        value = query["follow"].lower()
+        if value not in ("true", "false", "1", "0", "yes", "no", ""):
             raise _RequestFailedError("bad-request", f"follow={query['follow']}: true or false")
-        query["follow"] = text in ("true", "1", "yes", "")
+        query["follow"] = value in ("true", "1", "yes", "")
     if "since" in query:
         try:
             query["since"] = int(query["since"])
@@ -448,45 +696,6 @@ def _query(request: web.Request) -> dict[str, Any]:
                 "bad-request", f"since={query['since']}: a sequence number"
             ) from None
     return query
-
-
-class _RequestFailedError(Exception):
-    """Raised while reading a request: answered with ``code`` by :func:`_errors_as_json`."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@web.middleware
-async def _errors_as_json(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every error as ``{"error": {...}}``: aiohttp's own (404, 405, 413) and the request's."""
-    try:
-        return await handler(request)
-    except _RequestFailedError as error:
-        response = _error_response(error.code, error.message)
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        code = _CODE_OF_STATUS.get(error.status, "bad-request" if error.status < 500 else "failed")
-        response = _error_response(code, _http_message(error, request))
-    if response.status in (408, 413):
-        response.force_close()  # the rest of the body is not worth reading
-    return response
-
-
-def _http_message(error: web.HTTPException, request: web.Request) -> str:
-    if isinstance(error, web.HTTPNotFound):
-        return f"there is no route {request.path} (see docs/api.md)"
-    if isinstance(error, web.HTTPMethodNotAllowed):
-        allowed = ", ".join(sorted(error.allowed_methods))
-        return f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
-    if isinstance(error, web.HTTPRequestEntityTooLarge):
-        return f"a request body is at most {MAX_BODY} bytes"
-    return error.text or error.reason
 
 
 async def _ping(params: dict[str, Any]) -> dict[str, Any]:
@@ -498,11 +707,14 @@ def _error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def _error_response(code: str, message: str) -> web.Response:
-    return web.Response(
-        status=HTTP_STATUS.get(code, 400),
-        body=_encode(_error_body(code, message)),
-        content_type="application/json",
+def _error_reply(
+    code: str, message: str, *, close: bool = False, headers: tuple[tuple[str, str], ...] = ()
+) -> _Reply:
+    return _Reply(
+        HTTP_STATUS.get(code, 400),
+        _encode(_error_body(code, message)),
+        close=close,
+        headers=headers,
     )
 
 
@@ -518,10 +730,8 @@ def _group_id(name: str) -> int | None:
         return None
 
 
-def _peer(request: web.Request) -> Peer | None:
+def _peer(sock: Any) -> Peer | None:
     """The calling process's credentials, from its connection's socket; None if unknown."""
-    transport = request.transport
-    sock = None if transport is None else transport.get_extra_info("socket")
     if sock is None:
         return None
     try:
