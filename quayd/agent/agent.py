@@ -78,7 +78,7 @@ from quayd.reconcile.model import (
 )
 from quayd.reconcile.plan import describe_exit, plan, pull_backoff, record_exit, shutdown_plan
 from quayd.reconcile.records import ContainerRecord, unit_hash, write_json_atomically
-from quayd.units.directory import ConfigSnapshot, load_directory
+from quayd.units.directory import ConfigSnapshot, LoadCache, load_directory
 from quayd.units.fieldtypes import UNIT_NAME
 from quayd.units.findings import QuayConfigError
 from quayd.units.model import Unit
@@ -88,6 +88,11 @@ RESYNC_SECONDS = 30.0
 COALESCE_SECONDS = 0.03
 COALESCE_MAX_SECONDS = 0.3
 TCP_PROBE_INTERVAL = 0.1
+PEER_SYNC_QUIET = 0.05
+PEER_SYNC_MAX = 0.5
+"""After a bridged unit starts or a unit is removed, the other containers' hosts files are
+rewritten once the starts have been quiet for PEER_SYNC_QUIET s, at most PEER_SYNC_MAX s after
+the first (one pass over every file per burst, not one per start)."""
 FINISH_SECONDS = 20.0
 """How long a stopping agent lets its actions in flight finish (TimeoutStopSec is 30 s)."""
 PROGRESS_EVERY = 1.0
@@ -229,6 +234,13 @@ class Agent:
         self._by_pid: dict[int, str] = {}
         self._trimmed_at = 0.0
         self._synced_at = 0.0
+        self._unit_cache = LoadCache()
+        """The config directory's parsed units, by their files' identity (cheap passes)."""
+        self._hash_memo: dict[str, tuple[Unit, str | None, str]] = {}
+        """Per unit: the parsed unit, the image digest and their hash (6 ms a pass for 100)."""
+        self._peers_changed_at: tuple[float, float] | None = None
+        """(first, last) change the peers' hosts files have not seen yet."""
+        self._peer_sync: asyncio.Task[None] | None = None
         self._pool = ThreadPoolExecutor(ACTION_THREADS, thread_name_prefix="quay-action")
 
     # --- start-up ---------------------------------------------------------------------------
@@ -485,7 +497,7 @@ class Agent:
             log.warning("test hook: hanging the loop", file=hang)
             time.sleep(3600)  # blocks the loop on purpose: the watchdog must catch it
         try:
-            snapshot = await asyncio.to_thread(load_directory, self.config_dir)
+            snapshot = await asyncio.to_thread(load_directory, self.config_dir, self._unit_cache)
         except QuayConfigError as error:
             log.error("config directory unreadable", error=str(error))
             return
@@ -530,7 +542,12 @@ class Agent:
             if loaded.unit.image.pull == "always":
                 record = self.executor.image(loaded.unit)
                 digest = record.manifest_digest if record is not None else None
-            digest_hash = unit_hash(loaded.unit, digest)
+            memo = self._hash_memo.get(name)
+            if memo is not None and memo[0] is loaded.unit and memo[1] == digest:
+                digest_hash = memo[2]  # the same parsed unit (LoadCache): the same hash
+            else:
+                digest_hash = unit_hash(loaded.unit, digest)
+                self._hash_memo[name] = (loaded.unit, digest, digest_hash)
             previous = self._hashes.get(name)
             if previous is not None and previous != digest_hash:
                 self.events.emit(name, "changed", "the unit changed", hash=digest_hash)
@@ -548,6 +565,8 @@ class Agent:
             units[name] = DesiredUnit(name=name, unit=adhoc.unit, hash=adhoc.hash)
         for name in set(self._hashes) - set(units):
             del self._hashes[name]
+        for name in set(self._hash_memo) - set(snapshot.units):
+            del self._hash_memo[name]
         held = frozenset(name for name in self.holds if name in units)
         return Desired(units=units, invalid=invalid, held=held)
 
@@ -630,6 +649,7 @@ class Agent:
                 await self._stop(name, action.why)
             else:
                 await self._work(self.executor.release, name, self._all_units())
+                self._peers_changed()
                 self.history.pop(name, None)
                 self.pulls.pop(name, None)
                 self.starts.pop(name, None)
@@ -645,6 +665,31 @@ class Agent:
 
     def _all_units(self) -> dict[str, Unit]:
         return {name: desired.unit for name, desired in self.desired.units.items()}
+
+    def _peers_changed(self) -> None:
+        """A unit's name or address came or went: the other containers' hosts files need it,
+        soon but once per burst (see :data:`PEER_SYNC_QUIET`)."""
+        now = time.monotonic()
+        first = self._peers_changed_at[0] if self._peers_changed_at is not None else now
+        self._peers_changed_at = (first, now)
+        if self._peer_sync is None or self._peer_sync.done():
+            self._peer_sync = asyncio.create_task(self._sync_peers())
+            self._tasks.add(self._peer_sync)
+            self._peer_sync.add_done_callback(self._tasks.discard)
+
+    async def _sync_peers(self) -> None:
+        while self._peers_changed_at is not None:
+            first, last = self._peers_changed_at
+            now = time.monotonic()
+            wait = min(last + PEER_SYNC_QUIET, first + PEER_SYNC_MAX) - now
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            self._peers_changed_at = None  # changes from now on get the next sync
+            try:
+                await self._work(self.executor.sync_peers, self._all_units())
+            except Exception as error:  # the 30 s resync repairs what this missed
+                log.warning("peers' hosts files not updated", error=str(error))
 
     # --- actions ----------------------------------------------------------------------------
 
@@ -733,6 +778,7 @@ class Agent:
             )
             raise ExecutorError(f"cannot start: {error}") from error
         self.errors.pop(name, None)
+        self._peers_changed()  # its name and address (or its leaving the bridge) for the others
         if launched.console is not None:
             if adhoc is not None and self.adhoc.get(name) is adhoc:
                 _close_console(adhoc)
@@ -1010,7 +1056,7 @@ class Agent:
 
     async def _cleanup_leftovers(self) -> None:
         try:
-            snapshot = await asyncio.to_thread(load_directory, self.config_dir)
+            snapshot = await asyncio.to_thread(load_directory, self.config_dir, self._unit_cache)
             existing = set(snapshot.units) | set(snapshot.invalid) | set(self.live)
         except QuayConfigError:
             return

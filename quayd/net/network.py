@@ -4,18 +4,27 @@
   addresses, up) and turns on forwarding and ``route_localnet`` on the bridge.
 * :meth:`Network.attach` gives a bridged unit its lease (persisted before anything uses it),
   its namespace (``RUN/netns/UNIT``), its veth pair and ``eth0``; idempotent, so after a crash
-  half-way it finishes the job. :meth:`Network.detach` undoes the links and the namespace but
-  keeps the lease (the unit keeps its address when it is re-created);
+  half-way it finishes the job. It is :meth:`Network.prepare` (lease and namespace: what a
+  container's spec needs) then :meth:`Network.connect` (veth, addresses, routes), which a
+  caller may run while the runtime creates the container. :meth:`Network.detach` undoes the
+  links and the namespace but keeps the lease (the unit keeps its address when it is re-created);
   :meth:`Network.release` gives the address back when the unit is removed.
 * :meth:`Network.sync` makes the derived state match the current units: the nftables table
   (rendered, compared with the live one, replaced only when different) and every container's
-  ``/etc/hosts`` (rewritten in place, so running containers see new peers at once).
+  ``/etc/hosts`` (rewritten in place, so running containers see new peers at once). Its cost
+  grows with the number of units, so a start calls :meth:`Network.sync_unit` instead (that
+  unit's own files, and the ruleset only when that unit is in it), and the peers' files are
+  brought up to date by one :meth:`Network.sync` after a burst of starts (the caller's job).
 * :meth:`Network.cleanup` removes what units that no longer exist left behind: veths of quay's
   group, namespace files, leases, files. Nothing without quay's marks is touched.
 
 State: the leases (``STATE/net/leases.json``) are the only thing persisted; links, namespaces
 and the ruleset are read back from the kernel. Calls may come from several threads (units work
-concurrently): lease changes are serialised by a lock.
+concurrently): lease changes are serialised by one lock, the ruleset's compare-and-replace by
+another, and each etc file's write by a third, held for one file only. Every change of the
+leases bumps a generation; a file is never overwritten with content rendered from older
+leases than what it holds (a sync that read the leases before a start must not undo the
+files that start wrote).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -101,10 +110,19 @@ class Network:
     host_resolv_conf: Path = HOST_RESOLV_CONF
     resolved_upstream: Path = RESOLVED_UPSTREAM
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """Serialises lease changes (and guards :attr:`_generation`)."""
+    _generation: int = field(default=0, repr=False)
+    """Bumped by every change of the leases this object makes."""
+    _ruleset_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _applied: str | None = field(default=None, repr=False)
     """The ruleset this object last applied or found live."""
-    _written: dict[Path, str] = field(default_factory=dict, repr=False)
-    """What this object last wrote (or found) in each etc file."""
+    _files_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _written: dict[Path, tuple[int, str]] = field(default_factory=dict, repr=False)
+    """What this object last wrote (or found) in each etc file, with the leases' generation
+    it was rendered from."""
+    _released: set[str] = field(default_factory=set, repr=False)
+    """Units released since their last lease: a sync still running with an older set of
+    units writes no files for them."""
 
     # --- layout ----------------------------------------------------------------------------
 
@@ -174,41 +192,61 @@ class Network:
                 raise AddressPoolExhaustedError(allocation.failures[unit])
             if allocation.leases != current:
                 self.lease_file.save(allocation.leases)
+                self._generation += 1
+            with self._files_lock:
+                self._released.discard(unit)
         lease = allocation.leases.get(unit)
         assert lease is not None
         return lease
 
     def attach(self, unit: str) -> Attachment:
         """Lease, namespace, veth pair, ``eth0``; for a unit with ``network.mode = "bridge"``."""
+        return self.connect(self.prepare(unit))
+
+    def prepare(self, unit: str) -> Attachment:
+        """The first half of :meth:`attach`: the lease and the namespace (what a container's
+        spec refers to); no link yet. :meth:`connect` does the rest."""
         lease = self.lease(unit)
-        net = self.bridge
         path = self.netns_path(unit)
         changes: list[str] = []
         if not netns.is_netns(path):
             self.netns_dir.mkdir(parents=True, exist_ok=True)
             netns.create(path)
             changes.append(f"created network namespace {path}")
-        addresses: list[links.Interface] = [IPv4Interface(f"{lease.ipv4}/{net.subnet.prefixlen}")]
-        gateway6 = None
-        if lease.ipv6 is not None and net.subnet6 is not None:
-            addresses.append(IPv6Interface(f"{lease.ipv6}/{net.subnet6.prefixlen}"))
-            gateway6 = ipam.gateway(net.subnet6)
-        side = links.ContainerSide(
-            addresses=tuple(addresses), gateway4=ipam.gateway(net.subnet), gateway6=gateway6
-        )
-        host_name = host_veth_name(unit)
-        with links.rtnl() as ipr:
-            changes += links.ensure_veth(
-                ipr, unit=unit, host_name=host_name, bridge=net.bridge, namespace=path, side=side
-            )
         return Attachment(
             unit=unit,
             netns=path,
             ipv4=lease.ipv4,
             ipv6=lease.ipv6,
-            host_veth=host_name,
+            host_veth=host_veth_name(unit),
             changes=tuple(changes),
         )
+
+    def connect(self, prepared: Attachment) -> Attachment:
+        """The second half of :meth:`attach`: the veth pair on the bridge, ``eth0`` with the
+        lease's addresses and the default routes in the namespace :meth:`prepare` made.
+        Touches only this unit's links: it may run while the runtime creates the container."""
+        net = self.bridge
+        addresses: list[links.Interface] = [
+            IPv4Interface(f"{prepared.ipv4}/{net.subnet.prefixlen}")
+        ]
+        gateway6 = None
+        if prepared.ipv6 is not None and net.subnet6 is not None:
+            addresses.append(IPv6Interface(f"{prepared.ipv6}/{net.subnet6.prefixlen}"))
+            gateway6 = ipam.gateway(net.subnet6)
+        side = links.ContainerSide(
+            addresses=tuple(addresses), gateway4=ipam.gateway(net.subnet), gateway6=gateway6
+        )
+        with links.rtnl() as ipr:
+            changes = links.ensure_veth(
+                ipr,
+                unit=prepared.unit,
+                host_name=prepared.host_veth,
+                bridge=net.bridge,
+                namespace=prepared.netns,
+                side=side,
+            )
+        return replace(prepared, changes=(*prepared.changes, *changes))
 
     def detach(self, unit: str) -> list[str]:
         """Remove ``unit``'s veth pair and namespace; its lease stays (see :meth:`release`)."""
@@ -227,10 +265,13 @@ class Network:
             remaining = ipam.release(current, units)
             if remaining != current:
                 self.lease_file.save(remaining)
-        for unit in units:
-            shutil.rmtree(self.files_dir / unit, ignore_errors=True)
-            for path in self.etc_paths(unit).__dict__.values():
-                self._written.pop(path, None)
+                self._generation += 1
+            with self._files_lock:
+                for unit in units:
+                    self._released.add(unit)
+                    shutil.rmtree(self.files_dir / unit, ignore_errors=True)
+                    for path in self.etc_paths(unit).__dict__.values():
+                        self._written.pop(path, None)
 
     # --- everything derived from the set of units -------------------------------------------
 
@@ -240,39 +281,81 @@ class Network:
         Only bridged units with a lease take part: a unit gets its lease on its first attach.
         With ``verify`` the live ruleset and every file are read back and repaired when they
         drifted (someone flushed nftables, edited a hosts file); without it, only what differs
-        from what this object last wrote is written — the cheap path for each container start
-        (with 100 units a verifying sync costs about 150 ms, a plain one a few).
+        from what this object last wrote is written. Either way every unit's files are
+        rendered: with 100 units a plain sync costs tens of milliseconds, so it is what a burst
+        of starts ends with, once, not what each start does (:meth:`sync_unit`).
         """
-        leases = self.lease_file.load()
-        bridged = {
-            name: unit
-            for name, unit in sorted(units.items())
-            if unit.network.mode == "bridge" and leases.get(name) is not None
-        }
-        endpoints = [_endpoint(name, unit, leases) for name, unit in bridged.items()]
-        net = self.bridge
-        wanted = render_ruleset(net, endpoints)
-        replaced = False
-        believed = self._applied == wanted
-        if verify or not believed:
-            replaced = live_ruleset() != wanted
-            if replaced:
-                apply_ruleset(wanted)
-            self._applied = wanted
-        updated = self._write_etc_files(units, leases, verify=verify)
+        leases, generation = self._leases()
+        replaced, believed, endpoints = self._sync_ruleset(units, verify=verify)
+        updated = self._write_etc_files(units, units, leases, generation, verify=verify)
         return SyncReport(
             ruleset_replaced=replaced,
             drifted=replaced and believed,
             hosts_updated=tuple(updated),
-            unreachable_ports=tuple(unreachable_ports(net, endpoints)),
+            unreachable_ports=tuple(unreachable_ports(self.bridge, endpoints)),
         )
 
+    def sync_unit(self, name: str, units: Mapping[str, Unit]) -> SyncReport:
+        """What one unit's start (or removal) needs now, at a cost that does not grow with the
+        number of units' files: ``name``'s own hosts and resolv.conf (naming every current peer)
+        and the ruleset, only when ``name`` publishes ports or had rules in it (its
+        replacement or removal). The peers' hosts files are left to the next :meth:`sync`.
+        A ``name`` not in ``units`` (removed) gets no files.
+        """
+        unit = units.get(name)
+        replaced = believed = False
+        endpoints: list[Endpoint] = []
+        in_ruleset = self._applied is None or f'"unit {name}"' in self._applied
+        if in_ruleset or (unit is not None and unit.network.ports):
+            replaced, believed, endpoints = self._sync_ruleset(units, verify=False)
+        updated: list[str] = []
+        if unit is not None:
+            leases, generation = self._leases()
+            updated = self._write_etc_files({name: unit}, units, leases, generation, verify=False)
+        return SyncReport(
+            ruleset_replaced=replaced,
+            drifted=replaced and believed,
+            hosts_updated=tuple(updated),
+            unreachable_ports=tuple(unreachable_ports(self.bridge, endpoints)),
+        )
+
+    def _leases(self) -> tuple[ipam.Leases, int]:
+        with self._lock:
+            return self.lease_file.load(), self._generation
+
+    def _sync_ruleset(
+        self, units: Mapping[str, Unit], *, verify: bool
+    ) -> tuple[bool, bool, list[Endpoint]]:
+        """Render, compare, replace when different: (replaced, believed, endpoints)."""
+        with self._ruleset_lock:
+            leases, _ = self._leases()
+            endpoints = [
+                _endpoint(name, unit, leases)
+                for name, unit in sorted(units.items())
+                if unit.network.mode == "bridge" and leases.get(name) is not None
+            ]
+            wanted = render_ruleset(self.bridge, endpoints)
+            replaced = False
+            believed = self._applied == wanted
+            if verify or not believed:
+                replaced = live_ruleset() != wanted
+                if replaced:
+                    apply_ruleset(wanted)
+                self._applied = wanted
+        return replaced, believed, endpoints
+
     def _write_etc_files(
-        self, units: Mapping[str, Unit], leases: ipam.Leases, *, verify: bool
+        self,
+        targets: Mapping[str, Unit],
+        units: Mapping[str, Unit],
+        leases: ipam.Leases,
+        generation: int,
+        *,
+        verify: bool,
     ) -> list[str]:
-        entries = {name: _host_entry(name, unit, leases) for name, unit in units.items()}
+        """The files of ``targets``, naming the bridged ones among ``units`` as peers."""
         bridged_peers = [
-            entries[name]
+            _host_entry(name, unit, leases)
             for name, unit in sorted(units.items())
             if unit.network.mode == "bridge" and leases.get(name) is not None
         ]
@@ -280,25 +363,35 @@ class Network:
         upstream = _read(self.resolved_upstream)
         filtered_resolv = hosts.resolv_conf(host_resolv, upstream_resolv=upstream)
         updated: list[str] = []
-        for name, unit in sorted(units.items()):
+        for name, unit in sorted(targets.items()):
             paths = self.etc_paths(name)
-            paths.hosts.parent.mkdir(parents=True, exist_ok=True)
+            own = _host_entry(name, unit, leases)
             peers = [peer for peer in bridged_peers if peer.name != name]
             if unit.network.mode == "none":
                 peers = []
-            changed = self._write(paths.hosts, hosts.hosts_file(entries[name], peers), verify)
+            hosts_text = hosts.hosts_file(own, peers)
             # In the host's namespace the host's own resolvers (a 127.0.0.53 stub) work.
             resolv = host_resolv if unit.network.mode == "host" else filtered_resolv
-            changed |= self._write(paths.resolv_conf, resolv, verify)
+            with self._files_lock:
+                if name in self._released:
+                    continue  # removed meanwhile: its directory is gone and stays gone
+                paths.hosts.parent.mkdir(parents=True, exist_ok=True)
+                changed = self._write(paths.hosts, hosts_text, generation, verify)
+                changed |= self._write(paths.resolv_conf, resolv, generation, verify)
             if changed:
                 updated.append(name)
         return updated
 
-    def _write(self, path: Path, content: str, verify: bool) -> bool:
-        if not verify and self._written.get(path) == content:
+    def _write(self, path: Path, content: str, generation: int, verify: bool) -> bool:
+        """Write one file (the caller holds :attr:`_files_lock`), unless it holds content
+        rendered from newer leases, or (without ``verify``) exactly this already."""
+        written = self._written.get(path)
+        if written is not None and (
+            written[0] > generation or (not verify and written[1] == content)
+        ):
             return False
         changed = hosts.write_in_place(path, content)
-        self._written[path] = content
+        self._written[path] = (generation, content)
         return changed
 
     def teardown(self) -> None:

@@ -17,7 +17,8 @@ import resource
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,12 +36,14 @@ from quayd.isolation.container import (
     OomEvents,
     Started,
     StopResult,
+    abort,
+    create,
     finish,
     kill,
     prepare,
     remove,
     signal_number,
-    start,
+    start_created,
     watch_oom,
 )
 from quayd.isolation.environment import read_env_files
@@ -55,7 +58,7 @@ from quayd.isolation.runtime import (
     Exit as RuntimeExit,
 )
 from quayd.isolation.spec import EtcFiles, ImageDefaults, seccomp_for, stop_signal
-from quayd.net.network import Network
+from quayd.net.network import Attachment, Network
 from quayd.reconcile.records import ContainerRecord, read_record, write_record
 from quayd.units.model import Unit
 from quayd.units.reference import parse_reference
@@ -126,7 +129,8 @@ class Executor:
         )
         self.state_dir = Path(settings.state_dir)
         self.run_dir = Path(settings.run_dir)
-        self._network_lock = threading.Lock()
+        self._net_pool = ThreadPoolExecutor(8, thread_name_prefix="quay-net")
+        """Where a start's veth work runs while the runtime creates its container."""
         self._swap_limit = (CGROUP_ROOT / "memory" / "memory.memsw.limit_in_bytes").exists() or (
             not (CGROUP_ROOT / "memory").is_dir()
         )
@@ -168,6 +172,7 @@ class Executor:
             return self._registry
 
     def close(self) -> None:
+        self._net_pool.shutdown(wait=False, cancel_futures=True)
         with self._registry_lock:
             if self._registry is not None:
                 self._registry.close()
@@ -208,6 +213,13 @@ class Executor:
     ) -> Launched:
         """Image → network → bundle → record → create + start. Leaves nothing on failure.
 
+        A bridged unit's lease and namespace come first (the spec names the namespace); its
+        veth pair and addresses are then made in another thread while the bundle is prepared
+        and the runtime creates the container, and joined before the runtime's start: the
+        process never runs before its ``eth0`` is configured. Only this unit's own etc files
+        (and the ruleset, when this unit publishes ports) are written here: the peers' hosts
+        files are the caller's :meth:`sync_peers`, once after a burst of starts.
+
         With ``terminal`` (an ad-hoc ``quayctl run -t``) the process gets a pty: the runtime is
         given a console socket instead of the log as stdio, and :attr:`Launched.console` is the
         pty's master."""
@@ -218,7 +230,48 @@ class Executor:
         directory = self.container_dir(name)
         self._clear(name, directory)
         directory.mkdir(parents=True, exist_ok=True)
-        netns = self._attach(name, unit, all_units)
+        prepared = self.network.prepare(name) if unit.network.mode == "bridge" else None
+        connecting = self._net_pool.submit(self.network.connect, prepared) if prepared else None
+        try:
+            self.network.sync_unit(name, all_units)
+            netns = str(prepared.netns) if prepared is not None else None
+            launched, started, console = self._create_and_start(
+                name,
+                unit,
+                unit_hash=unit_hash,
+                record=record,
+                config=config,
+                directory=directory,
+                netns=netns,
+                connecting=connecting,
+                terminal=terminal,
+                console_size=console_size,
+            )
+        except BaseException:
+            if connecting is not None:
+                with contextlib.suppress(BaseException):
+                    connecting.result()  # no veth work may outlive a failed start
+            with contextlib.suppress(Exception):
+                self._clear(name, directory)
+            raise
+        return Launched(
+            pid=started.pid, record=launched, oom_events=started.oom_events, console=console
+        )
+
+    def _create_and_start(
+        self,
+        name: str,
+        unit: Unit,
+        *,
+        unit_hash: str,
+        record: ImageRecord,
+        config: ImageConfig,
+        directory: Path,
+        netns: str | None,
+        connecting: Future[Attachment] | None,
+        terminal: bool,
+        console_size: tuple[int, int] | None,
+    ) -> tuple[ContainerRecord, Started, int | None]:
         notify_dir = self.notify_dir(name) if unit.ready.mode == "notify" else None
         hostname = directory / "hostname"
         hostname.write_text(f"{unit.container.hostname or name}\n")
@@ -239,52 +292,66 @@ class Executor:
             console_size=console_size,
         )
         layers = [self.store.layer_path(layer.chain_id) for layer in record.layers]
-        try:
-            bundle = prepare(name, layers, container_config, directory)
-            launched = ContainerRecord(
-                name=name,
-                hash=unit_hash,
-                unit=unit,
-                started_at=time.time(),
-                image_digest=record.manifest_digest,
-            )
-            write_record(directory, launched)
-            out = self._open_logs(name)
-            try:
-                if terminal:
-                    started, console = self._start_with_terminal(name, bundle, out)
-                else:
-                    started, console = start(bundle, self.runtime, out), None
-            finally:
-                os.close(out)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self._clear(name, directory)
-            raise
-        return Launched(
-            pid=started.pid, record=launched, oom_events=started.oom_events, console=console
+        bundle = prepare(name, layers, container_config, directory)
+        launched = ContainerRecord(
+            name=name,
+            hash=unit_hash,
+            unit=unit,
+            started_at=time.time(),
+            image_digest=record.manifest_digest,
         )
+        write_record(directory, launched)
+
+        def joined() -> None:
+            if connecting is not None:
+                connecting.result()
+
+        out = self._open_logs(name)
+        try:
+            if terminal:
+                started, console = self._start_with_terminal(name, bundle, out, joined)
+                return launched, started, console
+            return launched, self._create_join_start(bundle, out, joined), None
+        finally:
+            os.close(out)
+
+    def _create_join_start(
+        self,
+        bundle: Bundle,
+        out: int,
+        joined: Callable[[], None],
+        console_socket: Path | None = None,
+    ) -> Started:
+        """The runtime's create, then the network work joined, then the runtime's start; a
+        created container is deleted again when the network failed."""
+        created = create(bundle, self.runtime, out, console_socket=console_socket)
+        try:
+            joined()
+        except BaseException:
+            abort(created, self.runtime)
+            raise
+        return start_created(created, self.runtime)
 
     def console_socket(self, name: str) -> Path:
         return self.run_dir / "console" / f"{name}.sock"
 
-    def _start_with_terminal(self, name: str, bundle: Bundle, out: int) -> tuple[Started, int]:
+    def _start_with_terminal(
+        self, name: str, bundle: Bundle, out: int, joined: Callable[[], None]
+    ) -> tuple[Started, int]:
         """create (with ``--console-socket``) and start, then take the pty's master: the
         runtime's connection waits in the socket's backlog until it is accepted."""
         with ConsoleSocket(self.console_socket(name)) as console_socket:
-            started = start(bundle, self.runtime, out, console_socket=console_socket.path)
+            started = self._create_join_start(bundle, out, joined, console_socket.path)
             return started, console_socket.receive()
 
-    def _attach(self, name: str, unit: Unit, all_units: Mapping[str, Unit]) -> str | None:
-        attachment = self.network.attach(name) if unit.network.mode == "bridge" else None
-        with self._network_lock:  # its hosts and resolv.conf, its peers', its ports
-            self.network.sync(all_units, verify=False)
-        return str(attachment.netns) if attachment is not None else None
+    def sync_peers(self, all_units: Mapping[str, Unit]) -> None:
+        """Every unit's hosts file with the current peers (after a burst of starts or
+        removals: one pass over the files instead of one per start)."""
+        self.network.sync(all_units, verify=False)
 
     def sync_network(self, all_units: Mapping[str, Unit]) -> None:
         """Read the ruleset and the etc files back and repair any drift (the periodic resync)."""
-        with self._network_lock:
-            report = self.network.sync(all_units, verify=True)
+        report = self.network.sync(all_units, verify=True)
         if report.drifted:
             log.warning("the nftables ruleset had drifted; replaced it", table="inet quay")
 
@@ -321,12 +388,12 @@ class Executor:
         return result
 
     def release(self, name: str, all_units: Mapping[str, Unit]) -> None:
-        """A unit that no longer exists: its network, lease, files; volumes stay."""
+        """A unit that no longer exists: its network, lease, files, its rules; volumes stay.
+        Its name leaves the peers' hosts files with the next :meth:`sync_peers`."""
         self._clear(name, self.container_dir(name))
-        with self._network_lock:
-            self.network.detach(name)
-            self.network.release([name])
-            self.network.sync(all_units, verify=False)
+        self.network.detach(name)
+        self.network.release([name])
+        self.network.sync_unit(name, all_units)  # its rules; the peers' files: sync_peers
         shutil.rmtree(self.notify_dir(name), ignore_errors=True)
 
     def mark_ready(self, name: str, at: float) -> None:
