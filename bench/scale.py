@@ -23,8 +23,28 @@ from pathlib import Path
 
 from bench import agent
 from bench.agent import Bench, log, wait_until
-from bench.suite import Suite, passes, scale_podman, scale_profile, scale_quay
+from bench.suite import (
+    Suite,
+    passes,
+    scale_podman,
+    scale_profile,
+    scale_quay,
+    scale_under_profiler,
+)
 from tests.support.systemd_host import REPO, systemd_host
+
+PROFILED = [
+    *(entry for entry in agent.PROFILED if entry[2] != "_attach"),
+    ("quayd.net.network", "Network", "prepare"),
+    ("quayd.net.network", "Network", "connect"),
+    ("quayd.net.network", "Network", "sync_unit"),
+    ("quayd.reconcile.executor", "Executor", "sync_peers"),
+    ("quayd.reconcile.executor", "", "create"),
+    ("quayd.reconcile.executor", "", "start_created"),
+    ("quayd.units.directory", "LoadCache", "load"),
+]
+"""bench/agent.py's pieces for the code since the network work of a start was split
+(``Executor._attach`` is gone): only for a quayd from that code on."""
 
 
 def main(argv: list[str]) -> int:
@@ -34,6 +54,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--units", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--podman", action="store_true", help="the podman loop too")
+    parser.add_argument(
+        "--profile", action="store_true", help="then one run under a profiled quayd (timers)"
+    )
     parser.add_argument("--source", type=Path, help="import quayd from DIR (an exported commit)")
     parser.add_argument("--commit", help="measure this commit (`git archive REV quayd`)")
     args = parser.parse_args(argv)
@@ -86,6 +109,16 @@ def run(args: argparse.Namespace) -> int:
                     up["podman loop"].append(t_up)
                     gone["podman loop"].append(t_gone)
                     log(f"run {run + 1}/{args.runs} podman: up {t_up:.2f} s, gone {t_gone:.2f} s")
+            if args.profile:
+                agent.PROFILED[:] = PROFILED
+                profiled = scale_under_profiler(suite, args.units)
+                print(f"\nprofiled: all up in {profiled['up_s']:.2f} s")
+                print(f"{'piece':<28} {'calls':>6} {'sum s':>8} {'p50 ms':>8} {'max ms':>8}")
+                for label, item in profiled["pieces"].items():
+                    print(
+                        f"{label:<28} {item['calls']:>6} {item['sum_s']:>8.2f} "
+                        f"{item['p50_s'] * 1000:>8.1f} {item['max_s'] * 1000:>8.1f}"
+                    )
         finally:
             bench.stop_quayd()
             if args.podman:
