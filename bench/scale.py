@@ -34,7 +34,7 @@ from bench.suite import (
 from tests.support.systemd_host import REPO, systemd_host
 
 PROFILED = [
-    *(entry for entry in agent.PROFILED if entry[2] != "_attach"),
+    *agent.PROFILED,
     ("quayd.net.network", "Network", "prepare"),
     ("quayd.net.network", "Network", "connect"),
     ("quayd.net.network", "Network", "sync_unit"),
@@ -43,8 +43,8 @@ PROFILED = [
     ("quayd.reconcile.executor", "", "start_created"),
     ("quayd.units.directory", "LoadCache", "load"),
 ]
-"""bench/agent.py's pieces for the code since the network work of a start was split
-(``Executor._attach`` is gone): only for a quayd from that code on."""
+"""bench/agent.py's pieces and those of the split network work of a start (a quayd from
+before that split has no ``Network.prepare``: profile it with bench agent's own list)."""
 
 
 def main(argv: list[str]) -> int:

@@ -230,8 +230,7 @@ class Executor:
         directory = self.container_dir(name)
         self._clear(name, directory)
         directory.mkdir(parents=True, exist_ok=True)
-        prepared = self.network.prepare(name) if unit.network.mode == "bridge" else None
-        connecting = self._net_pool.submit(self.network.connect, prepared) if prepared else None
+        prepared, connecting = self._attach(name, unit)
         try:
             self.network.sync_unit(name, all_units)
             netns = str(prepared.netns) if prepared is not None else None
@@ -257,6 +256,14 @@ class Executor:
         return Launched(
             pid=started.pid, record=launched, oom_events=started.oom_events, console=console
         )
+
+    def _attach(self, name: str, unit: Unit) -> tuple[Attachment | None, Future[Attachment] | None]:
+        """A bridged unit's lease and namespace, now; its veth and addresses, begun in another
+        thread (the caller joins the future before the runtime's start)."""
+        if unit.network.mode != "bridge":
+            return None, None
+        prepared = self.network.prepare(name)
+        return prepared, self._net_pool.submit(self.network.connect, prepared)
 
     def _create_and_start(
         self,
