@@ -83,9 +83,15 @@ def request(
 
 
 def stream(
-    socket_path: Path | str, path: str, timeout: float | None = None
+    socket_path: Path | str,
+    path: str,
+    timeout: float | None = None,
+    *,
+    method: str = "GET",
+    body: Any = None,
 ) -> Generator[dict[str, Any], None, None]:
-    """Yield the objects of an NDJSON route (``/v1/events``) as they arrive, until it ends.
+    """Yield the objects of an NDJSON route (``/v1/events``, ``POST /v1/images/pull``) as they
+    arrive, until it ends.
 
     ``timeout`` bounds each wait (None: wait for as long as the agent keeps the stream open).
     Closing the generator hangs up, which tells the agent to stop.
@@ -94,7 +100,7 @@ def stream(
     conn = UnixHTTPConnection(where, timeout=timeout)
     try:
         with _reaching(where, timeout):
-            response = _send(conn, "GET", path, None)
+            response = _send(conn, method, path, body)
         if response.status != 200:
             _result(response.status, response.read(_MAX_REPLY))
         while True:

@@ -1,26 +1,24 @@
-"""What ``quayctl image …`` does: pull, ls, rm, prune, verify, load, on the store directly.
+"""What ``quayctl image …`` does in this process: pull, ls, rm, prune, verify, load, on the
+store directly (``<state_dir>/images``; its flocks keep this and the agent's pulls apart).
 
-Until the agent exists these run in-process on ``<state_dir>/images``; once it does, they will go
-through its API (the store's own lock already keeps a CLI pull and an agent pull apart).
-Imported only when an image command runs (see ``image_commands``): httpx and the store are not
-needed by ``validate`` or ``render``.
+``image pull`` goes through the running agent when there is one (``quayd.cli.image_remote``);
+this module's pull is for ``--local`` and a host where no agent runs. Imported only when it is
+needed (see ``image_commands``): httpx and the store are not needed by ``validate`` or ``render``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TextIO
 
 from quayd.cli.common import EXIT_INVALID, EXIT_OK, print_json, settings_from
+from quayd.cli.progress import ProgressDisplay
 from quayd.images.archive import load_archive
 from quayd.images.errors import ImageError
 from quayd.images.model import Platform
-from quayd.images.pull import PullProgress, pull, repair
+from quayd.images.pull import pull, repair
 from quayd.images.registry import RegistryClient
 from quayd.images.store import Store, record_to_json
 from quayd.images.unpack import UnpackLimits
@@ -78,49 +76,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
         display.finish()
     print(f"{record.reference} {record.manifest_digest} {record.platform}")
     return EXIT_OK
-
-
-class ProgressDisplay:
-    """One status line on a terminal, redrawn at most ten times a second."""
-
-    def __init__(self, reference: str, stream: TextIO | None = None) -> None:
-        self.reference = reference
-        self.stream = stream or sys.stderr
-        self.layers: dict[str, tuple[int, int, str]] = {}
-        self._lock = threading.Lock()
-        self._drawn = 0.0
-
-    def __call__(self, event: PullProgress) -> None:
-        if event.kind != "layer":
-            return
-        with self._lock:
-            self.layers[event.digest] = (event.done, event.total, event.phase)
-            now = time.monotonic()
-            if now - self._drawn >= 0.1 or event.phase in ("unpacked", "exists"):
-                self._drawn = now
-                self._draw()
-
-    def _draw(self) -> None:
-        done = sum(d for d, _, _ in self.layers.values())
-        total = sum(t for _, t, _ in self.layers.values())
-        ready = sum(1 for _, _, phase in self.layers.values() if phase in ("unpacked", "exists"))
-        line = (
-            f"Pulling {self.reference}: {_mb(done)}/{_mb(total)} MB, "
-            f"{ready}/{len(self.layers)} layers ready"
-        )
-        self.stream.write("\r" + line[:200] + "\033[K")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        with self._lock:
-            if self.layers:
-                self._draw()
-                self.stream.write("\n")
-                self.stream.flush()
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f}"
 
 
 def cmd_load(args: argparse.Namespace) -> int:

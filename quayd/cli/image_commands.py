@@ -23,16 +23,37 @@ def _action(name: str) -> Handler:
     return run
 
 
+def _pull(args: argparse.Namespace) -> int:
+    """Through the agent when it can (a request, no heavy imports), else in-process."""
+    if not args.local:
+        from quayd.cli import image_remote  # noqa: PLC0415
+
+        through_agent = image_remote.pull(args)
+        if through_agent is not None:
+            return through_agent
+    return _action("cmd_pull")(args)
+
+
 def add_image_commands(commands: Any) -> None:
     """Register ``image`` and its subcommands on quayctl's subparsers."""
     image = commands.add_parser("image", help="manage the local image store")
     verbs = image.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
 
-    pull_cmd = verbs.add_parser("pull", help="pull an image from its registry")
+    pull_cmd = verbs.add_parser(
+        "pull",
+        help="pull an image from its registry",
+        description="Pull an image into the store: through the running agent when there is one "
+        "(for the same state directory), else in this process.",
+    )
     pull_cmd.add_argument("reference", metavar="REF")
     pull_cmd.add_argument("--platform", help='e.g. "linux/arm64/v8" (default: this host)')
     pull_cmd.add_argument("-q", "--quiet", action="store_true", help="no progress display")
-    pull_cmd.set_defaults(handler=_action("cmd_pull"))
+    pull_cmd.add_argument(
+        "--local",
+        action="store_true",
+        help="pull in this process even when the agent runs (the store's locks keep both safe)",
+    )
+    pull_cmd.set_defaults(handler=_pull)
 
     ls_cmd = verbs.add_parser("ls", help="list stored images")
     ls_cmd.add_argument("--json", action="store_true")
