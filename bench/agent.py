@@ -204,7 +204,7 @@ class Bench:
         )  # fmt: skip
         out.close()
         nsenter = self.quayd.pid
-        self.quayd_pid = wait_until("quayd's process", lambda: _child(nsenter), timeout=10)
+        self.quayd_pid = wait_until("quayd's process", lambda: child_of(nsenter), timeout=10)
 
     def kill_quayd(self) -> None:
         assert self.quayd is not None
@@ -276,7 +276,7 @@ class Bench:
         return t0, t1
 
 
-def _child(pid: int) -> int | None:
+def child_of(pid: int) -> int | None:
     try:
         words = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:

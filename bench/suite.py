@@ -36,6 +36,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -234,7 +235,7 @@ def host_registry(suite: Suite, directory: Path) -> Iterator[str]:
         suite.host.run(["/usr/bin/python3", "-c", probe], timeout=60)
         yield address
     finally:
-        child = agent._child(process.pid)
+        child = agent.child_of(process.pid)
         if child is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, 15)
@@ -262,16 +263,10 @@ def pull_runs(suite: Suite, runs: int, big_mb: int) -> dict[str, Any]:
         return directory
 
     def quay(reference: str, first: str | None) -> float:
-        directory = fresh("quay")
-        settings = directory / "quayd.toml"
-        settings.write_text("")
-        base = [*agent.quayctl_argv(), "--config", str(settings), "--state-dir",
-                str(directory / "state"), "image", "pull", "-q"]  # fmt: skip
-        if first:
-            in_host([*base, first])
-        seconds = suite.timed([*base, reference])
-        suite.host.run(["rm", "-rf", "--one-file-system", str(directory)])
-        return seconds
+        return quay_pull(suite, fresh("quay"), reference, first)
+
+    def quay_local(reference: str, first: str | None) -> float:
+        return quay_pull_local(suite, fresh("local"), reference, first)
 
     def podman(reference: str, first: str | None) -> float:
         directory = fresh("podman")
@@ -316,6 +311,7 @@ def pull_runs(suite: Suite, runs: int, big_mb: int) -> dict[str, Any]:
 
     tools = {
         "quay": quay,
+        "quay --local": quay_local,
         "quay (in-process)": quay_in_process,
         "podman": podman,
         "skopeo+umoci": skopeo_umoci,
@@ -344,6 +340,77 @@ def pull_runs(suite: Suite, runs: int, big_mb: int) -> dict[str, Any]:
             for scenario, tools_ in results.items()
         },
     }
+
+
+def quay_pull(suite: Suite, directory: Path, reference: str, first: str | None) -> float:
+    """``quayctl image pull`` as an operator runs it: a quayd runs (its own, with an empty
+    store) and the command asks it to pull."""
+    with pull_agent(suite, directory) as options:
+        base = [*agent.quayctl_argv(), *options, "image", "pull", "-q"]
+        if first:
+            suite.host.run([*base, first], timeout=300)
+        seconds = suite.timed([*base, reference])
+    suite.host.run(["rm", "-rf", "--one-file-system", str(directory)])
+    return seconds
+
+
+def quay_pull_local(suite: Suite, directory: Path, reference: str, first: str | None) -> float:
+    """``quayctl image pull --local``: the command pulls in its own process (no agent)."""
+    settings = directory / "quayd.toml"
+    settings.write_text("")
+    base = [*agent.quayctl_argv(), "--config", str(settings), "--state-dir",
+            str(directory / "state"), "image", "pull", "-q", "--local"]  # fmt: skip
+    if first:
+        suite.host.run([*base, first], timeout=300)
+    seconds = suite.timed([*base, reference])
+    suite.host.run(["rm", "-rf", "--one-file-system", str(directory)])
+    return seconds
+
+
+def pulls(suite: Suite, quick: bool) -> dict[str, Any]:
+    """The pull scenarios, with the bench's main quayd stopped meanwhile (see pull_agent)."""
+    suite.bench.stop_quayd()
+    try:
+        return pull_runs(suite, 1 if quick else 5, 20 if quick else 100)
+    finally:
+        suite.bench.start_quayd()
+        wait_until("quayd answering", suite.bench.status, 30)
+
+
+@contextlib.contextmanager
+def pull_agent(suite: Suite, directory: Path) -> Iterator[list[str]]:
+    """A quayd of its own in ``directory`` (empty store, no units) for one pull run; yields the
+    quayctl options that reach it. The bench's main quayd is stopped meanwhile (see run): two
+    agents would each claim the bridge and its ruleset."""
+    for sub in ("etc", "state", "run"):
+        (directory / sub).mkdir()
+    run_dir = directory / "run"
+    out = open(directory / "quayd.log", "ab")  # noqa: SIM115 (kept open by the child)
+    process = subprocess.Popen(
+        [*suite.host.nsenter(), *agent.quayd_argv(), "--state-dir", str(directory / "state"),
+         "--config-dir", str(directory / "etc"), "--run-dir", str(run_dir)],
+        stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    out.close()
+    status = [*agent.quayctl_argv(), "--run-dir", str(run_dir), "status", "--json"]
+    try:
+        wait_until(
+            "the pull's quayd answering",
+            lambda: suite.host.run(status, check=False).returncode == 0,
+            timeout=30,
+        )
+        yield ["--run-dir", str(run_dir), "--state-dir", str(directory / "state")]
+    finally:
+        inner = agent.child_of(process.pid)
+        if inner is not None:
+            os.kill(inner, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            if inner is not None:
+                os.kill(inner, signal.SIGKILL)
+            process.wait(timeout=10)
 
 
 IN_PROCESS = """
@@ -929,7 +996,7 @@ def run(args: argparse.Namespace) -> int:
             bench.start_quayd()
             wait_until("quayd answering", bench.status, 30)
             results["start"] = {k: stats(v) for k, v in start(suite, 3 if quick else 20).items()}
-            results["pull"] = pull_runs(suite, 1 if quick else 5, 20 if quick else 100)
+            results["pull"] = pulls(suite, quick)
             scaled, quay_log = scale(suite, scale_units, 1 if quick else 3)
             results["scale"] = {
                 "units": scale_units,
