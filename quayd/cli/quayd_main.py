@@ -11,8 +11,9 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from quayd.cli.common import (
     EXIT_INVALID,
@@ -31,6 +32,9 @@ _M_ARENA_MAX = -8  # glibc's mallopt() parameter (malloc.h)
 MALLOC_ARENAS = 2
 """glibc malloc arenas at most: by default each thread that allocates may get its own (up to 8 per
 CPU), and the agent's dozen worker threads each kept a few hundred KiB of RSS in theirs."""
+TRIM_EVERY = 30.0
+"""Seconds between two ``malloc_trim(0)``: glibc keeps what a burst (100 starts, a pull) freed
+inside its heaps; trimming gives those pages back (2.4 MiB of 62 with 100 containers)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,10 +81,31 @@ def run_agent(settings: Settings) -> int:
 
     configure(settings.log_level)
     try:
-        return asyncio.run(Agent(settings).run())
+        return asyncio.run(_trimming_meanwhile(Agent(settings).run()))
     except AgentError as error:
         print(f"quayd: {error}", file=sys.stderr)
         return EXIT_AGENT_FAILED
+
+
+async def _trimming_meanwhile(agent: Coroutine[Any, Any, int]) -> int:
+    """Run the agent; meanwhile give the memory glibc holds free back every :data:`TRIM_EVERY`."""
+    trimming = asyncio.create_task(_trim_now_and_then())
+    try:
+        return await agent
+    finally:
+        trimming.cancel()
+
+
+async def _trim_now_and_then() -> None:
+    import ctypes  # noqa: PLC0415 (see _limit_malloc_arenas)
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    while True:
+        await asyncio.sleep(TRIM_EVERY)
+        trim(0)  # a few milliseconds at most, for heaps of tens of MiB
 
 
 def _limit_malloc_arenas() -> None:
