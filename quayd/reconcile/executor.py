@@ -17,7 +17,7 @@ import resource
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +43,7 @@ from quayd.isolation.container import (
     prepare,
     remove,
     signal_number,
+    start,
     start_created,
     watch_oom,
 )
@@ -309,16 +310,12 @@ class Executor:
         )
         write_record(directory, launched)
 
-        def joined() -> None:
-            if connecting is not None:
-                connecting.result()
-
         out = self._open_logs(name)
         try:
             if terminal:
-                started, console = self._start_with_terminal(name, bundle, out, joined)
+                started, console = self._start_with_terminal(name, bundle, out, connecting)
                 return launched, started, console
-            return launched, self._create_join_start(bundle, out, joined), None
+            return launched, self._create_join_start(bundle, out, connecting), None
         finally:
             os.close(out)
 
@@ -326,14 +323,16 @@ class Executor:
         self,
         bundle: Bundle,
         out: int,
-        joined: Callable[[], None],
+        connecting: Future[Attachment] | None,
         console_socket: Path | None = None,
     ) -> Started:
         """The runtime's create, then the network work joined, then the runtime's start; a
         created container is deleted again when the network failed."""
+        if connecting is None:
+            return start(bundle, self.runtime, out, console_socket=console_socket)
         created = create(bundle, self.runtime, out, console_socket=console_socket)
         try:
-            joined()
+            connecting.result()
         except BaseException:
             abort(created, self.runtime)
             raise
@@ -343,12 +342,12 @@ class Executor:
         return self.run_dir / "console" / f"{name}.sock"
 
     def _start_with_terminal(
-        self, name: str, bundle: Bundle, out: int, joined: Callable[[], None]
+        self, name: str, bundle: Bundle, out: int, connecting: Future[Attachment] | None
     ) -> tuple[Started, int]:
         """create (with ``--console-socket``) and start, then take the pty's master: the
         runtime's connection waits in the socket's backlog until it is accepted."""
         with ConsoleSocket(self.console_socket(name)) as console_socket:
-            started = self._create_join_start(bundle, out, joined, console_socket.path)
+            started = self._create_join_start(bundle, out, connecting, console_socket.path)
             return started, console_socket.receive()
 
     def sync_peers(self, all_units: Mapping[str, Unit]) -> None:
@@ -370,6 +369,8 @@ class Executor:
 
     def _clear(self, name: str, directory: Path) -> None:
         """Remove a previous container of ``name`` (its runtime state, mounts, directory)."""
+        if not directory.exists() and self.runtime.state(name) is None:
+            return  # nothing can be mounted below a missing directory: skip the mount table
         bundle = Bundle(name, directory, "SIGTERM", 0.0, self.driver)
         remove(bundle, self.runtime)
 
