@@ -249,15 +249,17 @@ class _Connection:
 
     async def linger(self) -> bool:
         """Read and drop what is left of the request's body; False if it does not end in time."""
-        if self.http.their_state is not h11.SEND_BODY:
-            return True
         try:
             async with asyncio.timeout(LINGERING_TIME):
-                while not isinstance(await self.next_event(), h11.EndOfMessage):
-                    pass
+                while self.sending_body():
+                    if not isinstance(await self.next_event(), h11.Data | h11.EndOfMessage):
+                        return False
         except TimeoutError:
             return False
         return True
+
+    def sending_body(self) -> bool:
+        return self.http.their_state is h11.SEND_BODY
 
 
 class ApiServer:
