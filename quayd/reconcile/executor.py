@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,9 +215,9 @@ class Executor:
         """Image → network → bundle → record → create + start. Leaves nothing on failure.
 
         A bridged unit's lease and namespace come first (the spec names the namespace); its
-        veth pair and addresses are then made in another thread while the bundle is prepared
-        and the runtime creates the container, and joined before the runtime's start: the
-        process never runs before its ``eth0`` is configured. Only this unit's own etc files
+        veth pair and addresses are made in another thread while the runtime creates the
+        container, and joined before the runtime's start: the process never runs before its
+        ``eth0`` is configured. Only this unit's own etc files
         (and the ruleset, when this unit publishes ports) are written here: the peers' hosts
         files are the caller's :meth:`sync_peers`, once after a burst of starts.
 
@@ -231,7 +231,7 @@ class Executor:
         directory = self.container_dir(name)
         self._clear(name, directory)
         directory.mkdir(parents=True, exist_ok=True)
-        prepared, connecting = self._attach(name, unit)
+        prepared = self._attach(name, unit)
         try:
             self.network.sync_unit(name, all_units)
             netns = str(prepared.netns) if prepared is not None else None
@@ -243,14 +243,11 @@ class Executor:
                 config=config,
                 directory=directory,
                 netns=netns,
-                connecting=connecting,
+                prepared=prepared,
                 terminal=terminal,
                 console_size=console_size,
             )
         except BaseException:
-            if connecting is not None:
-                with contextlib.suppress(BaseException):
-                    connecting.result()  # no veth work may outlive a failed start
             with contextlib.suppress(Exception):
                 self._clear(name, directory)
             raise
@@ -258,13 +255,10 @@ class Executor:
             pid=started.pid, record=launched, oom_events=started.oom_events, console=console
         )
 
-    def _attach(self, name: str, unit: Unit) -> tuple[Attachment | None, Future[Attachment] | None]:
-        """A bridged unit's lease and namespace, now; its veth and addresses, begun in another
-        thread (the caller joins the future before the runtime's start)."""
-        if unit.network.mode != "bridge":
-            return None, None
-        prepared = self.network.prepare(name)
-        return prepared, self._net_pool.submit(self.network.connect, prepared)
+    def _attach(self, name: str, unit: Unit) -> Attachment | None:
+        """A bridged unit's lease and namespace (its veth and addresses come with the
+        runtime's create: :meth:`_create_join_start`)."""
+        return self.network.prepare(name) if unit.network.mode == "bridge" else None
 
     def _create_and_start(
         self,
@@ -276,7 +270,7 @@ class Executor:
         config: ImageConfig,
         directory: Path,
         netns: str | None,
-        connecting: Future[Attachment] | None,
+        prepared: Attachment | None,
         terminal: bool,
         console_size: tuple[int, int] | None,
     ) -> tuple[ContainerRecord, Started, int | None]:
@@ -313,9 +307,9 @@ class Executor:
         out = self._open_logs(name)
         try:
             if terminal:
-                started, console = self._start_with_terminal(name, bundle, out, connecting)
+                started, console = self._start_with_terminal(name, bundle, out, prepared)
                 return launched, started, console
-            return launched, self._create_join_start(bundle, out, connecting), None
+            return launched, self._create_join_start(bundle, out, prepared), None
         finally:
             os.close(out)
 
@@ -323,14 +317,21 @@ class Executor:
         self,
         bundle: Bundle,
         out: int,
-        connecting: Future[Attachment] | None,
+        prepared: Attachment | None,
         console_socket: Path | None = None,
     ) -> Started:
-        """The runtime's create, then the network work joined, then the runtime's start; a
-        created container is deleted again when the network failed."""
-        if connecting is None:
+        """The veth work in another thread while this one waits for the runtime's create (a
+        process: the GIL is free for it), joined before the runtime's start; on a failure of
+        either side the other is waited for and a created container deleted."""
+        if prepared is None:
             return start(bundle, self.runtime, out, console_socket=console_socket)
-        created = create(bundle, self.runtime, out, console_socket=console_socket)
+        connecting = self._net_pool.submit(self.network.connect, prepared)
+        try:
+            created = create(bundle, self.runtime, out, console_socket=console_socket)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                connecting.result()  # no veth work may outlive a failed start
+            raise
         try:
             connecting.result()
         except BaseException:
@@ -342,12 +343,12 @@ class Executor:
         return self.run_dir / "console" / f"{name}.sock"
 
     def _start_with_terminal(
-        self, name: str, bundle: Bundle, out: int, connecting: Future[Attachment] | None
+        self, name: str, bundle: Bundle, out: int, prepared: Attachment | None
     ) -> tuple[Started, int]:
         """create (with ``--console-socket``) and start, then take the pty's master: the
         runtime's connection waits in the socket's backlog until it is accepted."""
         with ConsoleSocket(self.console_socket(name)) as console_socket:
-            started = self._create_join_start(bundle, out, connecting, console_socket.path)
+            started = self._create_join_start(bundle, out, prepared, console_socket.path)
             return started, console_socket.receive()
 
     def sync_peers(self, all_units: Mapping[str, Unit]) -> None:
