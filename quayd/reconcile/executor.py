@@ -180,16 +180,26 @@ class Executor:
                 self._registry = None
 
     def pull(self, unit: Unit, progress: ProgressCallback | None = None) -> ImageRecord:
+        platform = Platform.parse(unit.image.platform) if unit.image.platform else None
+        return self.pull_reference(str(unit.container.image), platform, progress)
+
+    def pull_reference(
+        self,
+        reference: str,
+        platform: Platform | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> ImageRecord:
+        """Pull ``reference`` into the store (a unit's image, or an operator's quayctl pull)."""
         from quayd.images.pull import pull  # noqa: PLC0415 - see registry
 
         images = self.settings.images
         try:
             return pull(
-                str(unit.container.image),
+                reference,
                 store=self.store,
                 client=self.registry,
                 progress=progress,
-                platform=Platform.parse(unit.image.platform) if unit.image.platform else None,
+                platform=platform,
                 max_concurrent=images.max_concurrent_downloads,
                 min_free_bytes=images.min_free_disk,
                 limits=UnpackLimits(
