@@ -41,6 +41,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from quayd import __version__
+from quayd.agent import image_pulls
 from quayd.agent.api import ApiServer, RequestError
 from quayd.agent.events import EventLog
 from quayd.agent.logs import logger
@@ -336,6 +337,7 @@ class Agent:
                 "reload": self._api_reload,
                 "run": self._api_run,
                 "remove": self._api_remove,
+                "image_pull": self._api_image_pull,
             },
             read_only={"status", "plan", "show", "events"},
         )
@@ -1436,6 +1438,17 @@ class Agent:
                 await loop.sock_sendall(connection, json.dumps(ended).encode() + b"\n")
             except (OSError, TimeoutError, ValueError) as error:
                 log.info("attach ended", error=str(error) or type(error).__name__)
+
+    async def _api_image_pull(self, params: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """An operator's pull (quayctl image pull): progress lines, then the image."""
+        request = image_pulls.parse_request(params, self.executor.state_dir)
+        log.info("pulling for an operator", image=request.reference)
+
+        def pulled() -> None:
+            log.info("image pulled", image=request.reference, requested_by="api")
+            self.wake()  # a unit waiting for this image starts now
+
+        return image_pulls.pull_stream(request, self.executor, self._work, pulled)
 
     async def _api_reload(self, params: Mapping[str, Any]) -> Any:
         del params

@@ -11,7 +11,8 @@ for a dozen routes on a unix socket. This module maps HTTP onto the agent's hand
   A handler named in :data:`STREAMING` returns an async iterator of objects instead (or is an
   async generator function), sent as NDJSON (one object per line, flushed each) over a chunked
   response until the iterator ends or the client goes away (the iterator is then closed). An
-  error once the stream has begun ends it with one last line, ``{"error": {...}}``.
+  error once the stream has begun ends it with one last line, ``{"error": {...}}`` (a
+  :class:`RequestError` raised by the iterator gives its own code and message).
 * Errors are ``{"error": {"code": CODE, "message": TEXT}}`` with the HTTP status of the code
   (:data:`HTTP_STATUS`). A handler chooses one by raising :class:`RequestError`; any other
   exception is logged and answered ``failed`` (500), and the server goes on. A request that is
@@ -94,10 +95,11 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/units/{name}/remove", "remove"),
     Route("POST", "/v1/run", "run"),
     Route("POST", "/v1/reload", "reload"),
+    Route("POST", "/v1/images/pull", "image_pull"),
 )
 """Every route and the name of the handler that answers it (a missing handler answers 501)."""
 
-STREAMING = frozenset({"events"})
+STREAMING = frozenset({"events", "image_pull"})
 """Handlers that return an async iterator of JSON objects, streamed as NDJSON."""
 
 READ_ONLY = frozenset({"ping", "status", "show", "plan", "events"})
@@ -527,14 +529,23 @@ class ApiServer:
             await conn.send(h11.EndOfMessage())
         except (_ClientGoneError, ConnectionError):
             pass  # nobody to tell
+        except RequestError as error:  # the handler's own verdict, e.g. a pull that failed
+            log.warning("API stream ended with an error", handler=name, error=error.message)
+            await self._end_stream(conn, error.code, error.message)
         except Exception as error:  # the iterator failed: say so on the stream, then end it
             log.exception("API stream failed", handler=name)
-            with contextlib.suppress(ConnectionError):
-                message = f"{name} failed: {error or type(error).__name__}"
-                line = _encode(_error_body("failed", message)) + b"\n"
-                await conn.send(h11.Data(data=line), h11.EndOfMessage())
+            await self._end_stream(
+                conn, "failed", f"{name} failed: {error or type(error).__name__}"
+            )
         finally:
             await _close_iterator(items, name)
+
+    @staticmethod
+    async def _end_stream(conn: _Connection, code: str, message: str) -> None:
+        """The last line of a stream that failed: ``{"error": {...}}``."""
+        with contextlib.suppress(ConnectionError):
+            line = _encode(_error_body(code, message)) + b"\n"
+            await conn.send(h11.Data(data=line), h11.EndOfMessage())
 
     async def _stream_items(self, conn: _Connection, name: str, items: AsyncIterator[Any]) -> None:
         while True:

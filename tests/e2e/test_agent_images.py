@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from quayd.images.model import Platform
-from tests.support.agent import Deployment, running, wait_until
+from tests.support.agent import QUAYCTL, RUN_DIR, Deployment, running, wait_until
 from tests.support.images import Layer, OciLayout, busybox_entries, file
 from tests.support.systemd_host import CONTAINER_TEST_MARKS, systemd_host
 
@@ -141,6 +142,57 @@ def test_pull_always_takes_the_new_digest_at_the_next_start(
             and version_in(deployment, "auto") == "2"
         ),
     )
+
+
+def _agent_log(deployment: Deployment) -> str:
+    return deployment.host.run(["journalctl", "-u", "quayd", "-o", "cat", "--no-pager"]).stdout
+
+
+def test_quayctl_image_pull_goes_through_the_agent(
+    deployment: Deployment, registry: Registry
+) -> None:
+    registry.push("r/manual", "1")
+    reference = f"{REGISTRY}/r/manual:latest"
+
+    def pull(*options: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(QUAYCTL), "--run-dir", RUN_DIR, *options, "image", "pull", "-q", reference]
+        return deployment.host.run(argv, check=False, timeout=120)
+
+    done = pull("--state-dir", str(deployment.state_dir))
+    assert done.returncode == 0, done.stderr
+    pulled, digest, platform = done.stdout.split()
+    assert (pulled, platform) == (reference, str(Platform.host()))
+    assert digest.startswith("sha256:")
+    deployment.host.run(["journalctl", "--sync"])
+    assert f'"image": "{reference}"' in _agent_log(deployment)  # the agent pulled it
+    # ... into its store, where a unit finds it without asking the registry again.
+    registry.stop()
+    try:
+        deployment.write("manual", unit("r/manual", "missing"))
+        running(deployment, "manual")
+        assert version_in(deployment, "manual") == "1"
+        # Another store than the agent's: the agent refuses, the command pulls in-process
+        # (and fails here, the registry being down, with the registry's error).
+        other = deployment.host.state_dir / "other-store"
+        failed = pull("--state-dir", str(other))
+        assert failed.returncode == 1
+        assert "quayctl: pulling 127.0.0.1:5000/r/manual:latest:" in failed.stderr
+        # Through the agent, a failed pull's message is the agent's and the exit is 1 too.
+        failed = pull("--state-dir", str(deployment.state_dir))
+        assert failed.returncode == 1
+        assert failed.stderr.startswith(f"quayctl: pulling {reference}: "), failed.stderr
+    finally:
+        deployment.delete("manual")
+        registry.start()
+    # --local pulls in this process even with the agent running (and the same store).
+    registry.push("r/local", "1")
+    local = f"{REGISTRY}/r/local:latest"
+    argv = [str(QUAYCTL), "--run-dir", RUN_DIR, "--state-dir", str(deployment.state_dir)]
+    done = deployment.host.run([*argv, "image", "pull", "-q", "--local", local], check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == local
+    deployment.host.run(["journalctl", "--sync"])
+    assert local not in _agent_log(deployment)
 
 
 def test_pull_missing_starts_from_the_store_with_the_registry_gone(
