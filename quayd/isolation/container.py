@@ -52,6 +52,7 @@ from quayd.isolation.runtime import (
     RuntimeCommandError,
     Stdio,
 )
+from quayd.isolation.seccomp_bpf import precompiled
 from quayd.isolation.spec import (
     EtcFiles,
     ImageDefaults,
@@ -91,6 +92,12 @@ class ContainerConfig:
     env_files: Mapping[str, str] | None = None
     notify_socket_dir: Path | None = None
     seccomp: dict[str, Any] | None = None
+    seccomp_cache_dir: Path | None = None
+    """Where compiled seccomp filters are kept (``STATE_DIR/seccomp``); give it for crun only.
+    ``seccomp`` is then compiled once per distinct filter and handed to crun ready-made (the
+    ``run.oci.seccomp_bpf_data`` annotation; :mod:`seccomp_bpf`), which saves crun compiling it
+    at every create (about 23 ms of 36). runc does not know the annotation. When compiling is
+    not possible the JSON filter is used alone, as without this."""
     nofile_ceiling: int | None = None
     swap_limit: bool = True
     terminal: bool = False
@@ -192,6 +199,7 @@ def _spec_inputs(name: str, rootfs: Path, config: ContainerConfig) -> SpecInputs
         notify_socket_dir=config.notify_socket_dir,
         cgroup_driver=config.cgroup_driver,
         seccomp=config.seccomp,
+        seccomp_bpf=precompiled(config.seccomp, config.seccomp_cache_dir),
         nofile_ceiling=config.nofile_ceiling,
         swap_limit=config.swap_limit,
         terminal=config.terminal,

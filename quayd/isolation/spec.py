@@ -32,6 +32,7 @@ from typing import Any, Literal
 from quayd.isolation.environment import DEFAULT_PATH, container_env
 from quayd.isolation.errors import SpecError
 from quayd.isolation.seccomp import kernel_version, native_arch, oci_seccomp
+from quayd.isolation.seccomp_bpf import annotation as seccomp_bpf_annotation
 from quayd.isolation.users import ResolvedUser
 from quayd.units.model import Mount, Unit
 from quayd.units.values import CAPABILITIES, ValueSyntaxError, parse_signal
@@ -127,6 +128,11 @@ class SpecInputs:
     cgroup_driver: Literal["systemd", "cgroupfs"]
     seccomp: dict[str, Any] | None
     """An OCI seccomp object (:func:`seccomp.oci_seccomp`), or None for no filter."""
+    seccomp_bpf: bytes | None = None
+    """``seccomp`` compiled (:mod:`seccomp_bpf`), for crun: it goes in the
+    ``run.oci.seccomp_bpf_data`` annotation and crun loads it instead of compiling
+    ``linux.seccomp``, which stays in the spec (crun takes the filter's flags from it, and runc
+    knows only it). Ignored without ``seccomp``."""
     nofile_ceiling: int | None = None
     """quayd's own hard RLIMIT_NOFILE, when the runtime cannot raise limits above it (no
     CAP_SYS_RESOURCE, as in some sandboxes); the container's limits are capped at it."""
@@ -192,6 +198,7 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
             UNIT_ANNOTATION: inputs.name,
             IMAGE_ANNOTATION: container.image,
             **(systemd_properties(unit) if inputs.cgroup_driver == "systemd" else {}),
+            **_seccomp_bpf(inputs),
         },
         "linux": _linux(inputs),
     }
@@ -498,6 +505,12 @@ def _linux(inputs: SpecInputs) -> dict[str, Any]:
     if inputs.seccomp is not None:
         linux["seccomp"] = inputs.seccomp
     return linux
+
+
+def _seccomp_bpf(inputs: SpecInputs) -> dict[str, str]:
+    if inputs.seccomp is None or not inputs.seccomp_bpf:
+        return {}
+    return seccomp_bpf_annotation(inputs.seccomp_bpf)
 
 
 def _namespaces(inputs: SpecInputs) -> list[dict[str, str]]:

@@ -398,6 +398,17 @@ def test_seccomp_only_when_given() -> None:
     assert spec_of(seccomp=profile)["linux"]["seccomp"] == profile
 
 
+def test_precompiled_seccomp_goes_in_crun_annotation_next_to_the_json_filter() -> None:
+    profile = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}
+    program = bytes(range(16))
+    spec = spec_of(seccomp=profile, seccomp_bpf=program)
+    assert spec["annotations"]["run.oci.seccomp_bpf_data"] == "AAECAwQFBgcICQoLDA0ODw=="
+    assert spec["linux"]["seccomp"] == profile  # flags for crun, the filter for runc
+    # No filter, no program: nothing to load.
+    assert "run.oci.seccomp_bpf_data" not in spec_of(seccomp_bpf=program)["annotations"]
+    assert "run.oci.seccomp_bpf_data" not in spec_of(seccomp=profile)["annotations"]
+
+
 def test_rlimits() -> None:
     assert spec_of()["process"]["rlimits"] == [
         {"type": "RLIMIT_NOFILE", "hard": 524288, "soft": 1024}
