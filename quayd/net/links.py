@@ -16,9 +16,6 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from quayd.net import netns
 from quayd.net.errors import LinkError
 from quayd.net.naming import (
@@ -29,6 +26,7 @@ from quayd.net.naming import (
     unit_alias,
     unit_of_alias,
 )
+from quayd.net.pyroute2_light import IPRoute, NetlinkError
 
 Interface = IPv4Interface | IPv6Interface
 _IFA_F_NODAD = 0x02
