@@ -2,7 +2,7 @@
 
 The standard library's ``http.client`` over ``AF_UNIX``, and nothing heavier: ``quayctl status``
 imports this module and answers in a few tens of milliseconds. It must never import pydantic,
-httpx, aiohttp or another quayd module (a test runs ``python -X importtime`` to hold that).
+httpx, h11 or another quayd module (a test runs ``python -X importtime`` to hold that).
 """
 
 from __future__ import annotations

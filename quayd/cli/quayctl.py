@@ -11,7 +11,7 @@ exist (``status``, ``wait``). ``wait``: 1 a unit failed, 2 timed out. ``exec``: 
 
 The agent's commands are found and run before anything heavy is imported: they load only
 :mod:`quayd.cli.client`, :mod:`quayd.cli.status` and :mod:`quayd.cli.control` (the standard
-library's http.client; no pydantic, no unit models, no httpx or aiohttp), so a script or a shell
+library's http.client; no pydantic, no unit models, no httpx or h11), so a script or a shell
 prompt can call them often. Every other command imports what it needs when it runs.
 """
 

@@ -1,8 +1,8 @@
-"""The control API for real: an ApiServer (aiohttp) on a unix socket, raw HTTP clients, `quayctl`.
+"""The control API for real: an ApiServer (asyncio + h11) on a unix socket, raw clients, `quayctl`.
 
 The server runs on an asyncio loop in a thread of the test process, with fake handlers; quayctl
 runs as a user runs it, the installed entry point in a subprocess, so the lean dispatch (no
-pydantic, no httpx, no aiohttp) is what is measured and tested.
+pydantic, no httpx, no h11) is what is measured and tested.
 """
 
 from __future__ import annotations
@@ -412,7 +412,7 @@ def test_the_lean_commands_import_no_pydantic_httpx_aiohttp(
         if line.startswith("import time:")
     }
     assert "quayd.cli.client" in imported
-    heavy = ("pydantic", "httpx", "aiohttp", "tomli_w", "structlog", "asyncio")
+    heavy = ("pydantic", "httpx", "aiohttp", "h11", "tomli_w", "structlog", "asyncio")
     assert not {m for m in imported if m.split(".")[0] in heavy}
     assert "quayd.cli.control" in imported
     assert {m for m in imported if m.startswith("quayd")} <= {
@@ -507,7 +507,7 @@ def test_a_body_over_1_mib_is_refused_with_413(server: ApiServer) -> None:
     status, reply = call(server.path, "POST", "/v1/units/web/exec", padded(MAX_BODY + 1))
     assert (status, reply["error"]["code"]) == (413, "too-large")
     assert reply["error"]["message"] == "a request body is at most 1048576 bytes"
-    # Chunked, with no length announced: aiohttp counts as it reads.
+    # Chunked, with no length announced: the server counts as it reads.
     conn = connect(server.path)
     try:
         conn.putrequest("POST", "/v1/units/web/exec")
