@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import structlog
 
-from quayd.isolation.container import ContainerConfig, prepare, remove, start, wait_exit
+from quayd.isolation.container import ContainerConfig, prepare, remove, start, stop
 from quayd.isolation.runtime import ExitWatcher, OciRuntime, become_subreaper, open_log_file
 from quayd.isolation.seccomp import DEFAULT_PROFILE_PATH, load_default_profile
 from quayd.isolation.seccomp_bpf import ANNOTATION, BpfCache, CompileError, Libseccomp, plan
@@ -35,6 +35,8 @@ from tests.support.systemd_host import BUSYBOX, CONTAINER_TEST_MARKS, SystemdHos
 PROBE_SOURCE = Path(__file__).parents[1] / "support" / "syscall_probe.c"
 RUN_DIR = Path("/run/quay")  # inside the host: its private /run
 EPERM, EINVAL, ENOSYS = "1", "22", "38"
+PROBE = "grep '^Seccomp:' /proc/self/status; /probe"
+DONE = "@@probed@@"
 
 needs_profile = pytest.mark.skipif(
     not DEFAULT_PROFILE_PATH.is_file(),
@@ -150,15 +152,16 @@ def test_unknown_syscall_names_are_skipped_as_crun_does(tmp_path: Path) -> None:
 
 
 def inside_run(*, state_dir: str, name: str, cap_drop: list[str], precompiled: bool) -> Any:
-    """prepare + start under crun (systemd driver), the probe runs and the container ends;
-    returns its output, config.json and the program crun loaded."""
+    """prepare + start under crun (systemd driver); the probe runs as the container's process,
+    then again through ``crun exec`` (health checks, ``quayctl exec``), then the container is
+    stopped. Returns both outputs, config.json and the program crun loaded."""
     become_subreaper()
     base = Path(state_dir)
     unit = Unit.model_validate(
         {
             "container": {
                 "image": "test/probe",
-                "command": ["/bin/sh", "-c", "grep '^Seccomp:' /proc/self/status; /probe"],
+                "command": ["/bin/sh", "-c", f"{PROBE}; echo {DONE}; exec sleep 60"],
                 "cap_drop": cap_drop,
             },
             "network": {"mode": "none"},
@@ -185,15 +188,27 @@ def inside_run(*, state_dir: str, name: str, cap_drop: list[str], precompiled: b
     finally:
         os.close(out)
     loaded = (runtime.root / name / "seccomp.bpf").read_bytes()  # until delete
+    deadline = time.monotonic() + 30
+    while DONE not in log.read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    executed = runtime.exec(name, ["/bin/sh", "-c", PROBE], timeout=30)
     with ExitWatcher() as watcher:
-        ended = wait_exit(started, timeout=30, runtime=runtime, watcher=watcher)
+        stop(
+            name,
+            signal_name="SIGKILL",
+            timeout=10,
+            runtime=runtime,
+            watcher=watcher,
+            pid=started.pid,
+            oom_events=started.oom_events,
+        )
     if started.oom_events is not None:
         started.oom_events.close()
     spec = json.loads(bundle.config.read_text())
     remove(bundle, runtime)
     return {
-        "exit": None if ended is None else ended.code,
         "log": log.read_text(errors="replace"),
+        "exec": executed.stdout.decode(errors="replace"),
         "annotations": spec["annotations"],
         "has_json_filter": "seccomp" in spec["linux"],
         "loaded": base64.b64encode(loaded).decode(),
@@ -276,8 +291,9 @@ def test_crun_runs_the_precompiled_filter_as_it_runs_its_own(
     assert (host.state_dir / "seccomp").is_dir()
 
     seen_json, seen_bpf = results(with_json["log"]), results(with_bpf["log"])
-    assert with_bpf["exit"] == with_json["exit"] == 0
     assert seen_bpf == seen_json  # call for call
+    # crun exec applies the same program (it reads it back from its state).
+    assert results(with_bpf["exec"]) == results(with_json["exec"]) == seen_bpf
     assert seen_bpf["Seccomp"] == "2"
     assert seen_bpf["getpid"] == "ok"
     assert seen_bpf["vmsplice"] == EPERM  # the kernel would say EBADF
