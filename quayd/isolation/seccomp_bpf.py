@@ -21,7 +21,8 @@ the annotation.
   Any failure is logged once and gives None: the start goes on with the JSON filter.
 
 The JSON ``linux.seccomp`` stays in ``config.json`` next to the annotation: crun does not compile
-it when the annotation is present (measured: ``create`` takes as long as without seccomp), takes
+it when the annotation is present (measured: its CPU time is that of a container without a
+filter), takes
 the filter's ``flags`` from it, and runc, which does not know the annotation, uses it.
 """
 
@@ -80,7 +81,12 @@ OPERATORS = {
 # crun applies to the precompiled program exactly as to its own; any other makes crun refuse
 # the container, so it is left to crun on the JSON path.
 FLAGS = frozenset(
-    {"SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_LOG"}
+    {
+        "SECCOMP_FILTER_FLAG_TSYNC",
+        "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+        "SECCOMP_FILTER_FLAG_LOG",
+        "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV",
+    }
 )
 _MAX_ARGS = 6
 

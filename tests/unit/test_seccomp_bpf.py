@@ -188,7 +188,7 @@ def test_at_most_six_comparisons_as_crun() -> None:
     ("top", "reason"),
     [
         ({"listenerPath": "/run/agent.sock"}, "listenerPath"),
-        ({"flags": ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]}, "WAIT_KILLABLE_RECV"),
+        ({"flags": ["SECCOMP_FILTER_FLAG_NEW_LISTENER"]}, "NEW_LISTENER"),
         ({"defaultAction": "SCMP_ACT_NOTIFY"}, "NOTIFY"),
         ({"architectures": [""]}, "architecture"),
     ],
@@ -220,6 +220,7 @@ def test_flags_crun_knows_are_fine_they_travel_in_the_json() -> None:
         "SECCOMP_FILTER_FLAG_TSYNC",
         "SECCOMP_FILTER_FLAG_LOG",
         "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+        "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV",
     ]
     assert plan(oci(flags=flags)).rules == ()
 
