@@ -22,8 +22,8 @@ the annotation.
 
 The JSON ``linux.seccomp`` stays in ``config.json`` next to the annotation: crun does not compile
 it when the annotation is present (measured: its CPU time is that of a container without a
-filter), takes
-the filter's ``flags`` from it, and runc, which does not know the annotation, uses it.
+filter), it takes the filter's ``flags`` from it on either path, and runc, which does not know
+the annotation, uses only it.
 """
 
 from __future__ import annotations
