@@ -205,6 +205,20 @@ def write_in_place(path: Path, content: str) -> bool:
         ) from error
 
 
+def create_empty(path: Path) -> bool:
+    """Create ``path`` empty (mode 0644) unless it exists; whether it was created. Raises
+    ``NetworkError``."""
+    try:
+        _create(path, b"")
+    except FileExistsError:
+        return False
+    except OSError as error:
+        raise NetworkError(
+            f"cannot create {path} ({error.strerror or error}); check quay's state directory"
+        ) from error
+    return True
+
+
 def _write_in_place(path: Path, data: bytes) -> bool:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)

@@ -319,6 +319,19 @@ class Network:
             unreachable_ports=tuple(unreachable_ports(self.bridge, endpoints)),
         )
 
+    def ensure_etc_files(self, name: str) -> EtcPaths:
+        """``name``'s hosts and resolv.conf exist (empty when new): what a container's spec
+        bind-mounts must exist at the runtime's create, but their content is needed only once
+        its process runs, so :meth:`sync_unit` may write it while the runtime creates it (the
+        bind mount pins the inode, and files are rewritten in place)."""
+        paths = self.etc_paths(name)
+        with self._files_lock:
+            paths.hosts.parent.mkdir(parents=True, exist_ok=True)
+            for path in (paths.hosts, paths.resolv_conf):
+                if hosts.create_empty(path):
+                    self._written.pop(path, None)  # what was written there is gone
+        return paths
+
     def _leases(self) -> tuple[ipam.Leases, int]:
         with self._lock:
             return self.lease_file.load(), self._generation

@@ -12,12 +12,13 @@ Waiting for a container to end is not done here: the agent's loop owns the one
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import resource
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -224,10 +225,11 @@ class Executor:
     ) -> Launched:
         """Image → network → bundle → record → create + start. Leaves nothing on failure.
 
-        A bridged unit's lease and namespace come first (the spec names the namespace); its
-        veth pair and addresses are made in another thread while the runtime creates the
-        container, and joined before the runtime's start: the process never runs before its
-        ``eth0`` is configured. Only this unit's own etc files
+        A bridged unit's lease and namespace come first (the spec names them, and its etc
+        files, which must exist); the files' content, its veth pair and addresses are made in
+        another thread while the runtime creates the container, and joined before the
+        runtime's start: the process never runs before its ``eth0`` and ``/etc/hosts`` are
+        ready. Only this unit's own etc files
         (and the ruleset, when this unit publishes ports) are written here: the peers' hosts
         files are the caller's :meth:`sync_peers`, once after a burst of starts.
 
@@ -243,7 +245,10 @@ class Executor:
         directory.mkdir(parents=True, exist_ok=True)
         prepared = self._attach(name, unit)
         try:
-            self.network.sync_unit(name, all_units)
+            if prepared is None:
+                self.network.sync_unit(name, all_units)
+            else:  # written with the veth (see _connect); the spec needs the files to exist
+                self.network.ensure_etc_files(name)
             netns = str(prepared.netns) if prepared is not None else None
             launched, started, console = self._create_and_start(
                 name,
@@ -254,6 +259,7 @@ class Executor:
                 directory=directory,
                 netns=netns,
                 prepared=prepared,
+                all_units=all_units,
                 terminal=terminal,
                 console_size=console_size,
             )
@@ -281,6 +287,7 @@ class Executor:
         directory: Path,
         netns: str | None,
         prepared: Attachment | None,
+        all_units: Mapping[str, Unit],
         terminal: bool,
         console_size: tuple[int, int] | None,
     ) -> tuple[ContainerRecord, Started, int | None]:
@@ -314,28 +321,37 @@ class Executor:
         )
         write_record(directory, launched)
 
+        network_work = (
+            functools.partial(self._connect, prepared, all_units) if prepared is not None else None
+        )
         out = self._open_logs(name)
         try:
             if terminal:
-                started, console = self._start_with_terminal(name, bundle, out, prepared)
+                started, console = self._start_with_terminal(name, bundle, out, network_work)
                 return launched, started, console
-            return launched, self._create_join_start(bundle, out, prepared), None
+            return launched, self._create_join_start(bundle, out, network_work), None
         finally:
             os.close(out)
+
+    def _connect(self, prepared: Attachment, all_units: Mapping[str, Unit]) -> None:
+        """A bridged unit's own etc files (and the ruleset when it publishes ports), then its
+        veth and addresses: what must be done before its process runs, not before its create."""
+        self.network.sync_unit(prepared.unit, all_units)
+        self.network.connect(prepared)
 
     def _create_join_start(
         self,
         bundle: Bundle,
         out: int,
-        prepared: Attachment | None,
+        network_work: Callable[[], object] | None,
         console_socket: Path | None = None,
     ) -> Started:
-        """The veth work in another thread while this one waits for the runtime's create (a
-        process: the GIL is free for it), joined before the runtime's start; on a failure of
+        """The network work in another thread while this one waits for the runtime's create
+        (a process: the GIL is free for it), joined before the runtime's start; on a failure of
         either side the other is waited for and a created container deleted."""
-        if prepared is None:
+        if network_work is None:
             return start(bundle, self.runtime, out, console_socket=console_socket)
-        connecting = self._net_pool.submit(self.network.connect, prepared)
+        connecting = self._net_pool.submit(network_work)
         try:
             created = create(bundle, self.runtime, out, console_socket=console_socket)
         except BaseException:
@@ -353,12 +369,12 @@ class Executor:
         return self.run_dir / "console" / f"{name}.sock"
 
     def _start_with_terminal(
-        self, name: str, bundle: Bundle, out: int, prepared: Attachment | None
+        self, name: str, bundle: Bundle, out: int, network_work: Callable[[], object] | None
     ) -> tuple[Started, int]:
         """create (with ``--console-socket``) and start, then take the pty's master: the
         runtime's connection waits in the socket's backlog until it is accepted."""
         with ConsoleSocket(self.console_socket(name)) as console_socket:
-            started = self._create_join_start(bundle, out, prepared, console_socket.path)
+            started = self._create_join_start(bundle, out, network_work, console_socket.path)
             return started, console_socket.receive()
 
     def sync_peers(self, all_units: Mapping[str, Unit]) -> None:

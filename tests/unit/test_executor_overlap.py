@@ -3,6 +3,7 @@ never starts before its veth work is done, and a failure on either side leaves n
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -79,7 +80,9 @@ def _no_oom_watch(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_veth_work_overlaps_the_create_and_the_start_waits_for_it() -> None:
     runtime = FakeRuntime()
     executor = _executor(runtime, FakeNetwork(runtime))
-    started = executor._create_join_start(BUNDLE, 1, PREPARED)
+    started = executor._create_join_start(
+        BUNDLE, 1, functools.partial(executor.network.connect, PREPARED)
+    )
     assert started.pid == 4242
     # the veth work began before the create ended, and the start came after both
     assert runtime.calls == ["connect began", "created", "connected", "started web"]
@@ -89,7 +92,9 @@ def test_a_failed_veth_deletes_the_created_container_and_never_starts_it() -> No
     runtime = FakeRuntime()
     executor = _executor(runtime, FakeNetwork(runtime, fail=True))
     with pytest.raises(OSError, match="veth failed"):
-        executor._create_join_start(BUNDLE, 1, PREPARED)
+        executor._create_join_start(
+            BUNDLE, 1, functools.partial(executor.network.connect, PREPARED)
+        )
     assert "started web" not in runtime.calls
     assert runtime.calls[-1] == "deleted web (forced)"
 
@@ -98,6 +103,8 @@ def test_a_failed_create_waits_for_the_veth_work_before_it_raises() -> None:
     runtime = FakeRuntime(fail_create=True)
     executor = _executor(runtime, FakeNetwork(runtime))
     with pytest.raises(RuntimeError, match="create failed"):
-        executor._create_join_start(BUNDLE, 1, PREPARED)
+        executor._create_join_start(
+            BUNDLE, 1, functools.partial(executor.network.connect, PREPARED)
+        )
     assert runtime.calls[-1] == "connected"  # nothing of it still running
     assert "started web" not in runtime.calls

@@ -124,3 +124,24 @@ def test_a_removed_units_files_are_not_recreated_by_a_sync_still_listing_it(
     net.lease("b")  # the unit is back
     net.sync_unit("b", units)
     assert net.etc_paths("b").hosts.exists()
+
+
+def test_etc_files_exist_before_the_create_and_get_their_content_after(
+    tmp_path: Path, nft: FakeNft
+) -> None:
+    """The spec bind-mounts them at create; sync_unit fills them in place (same inode) before
+    the process runs, even when a file this object had written was deleted meanwhile."""
+    net = _network(tmp_path)
+    units = {"a": _unit()}
+    net.lease("a")
+    paths = net.ensure_etc_files("a")
+    assert paths.hosts.read_text() == ""
+    inode = paths.hosts.stat().st_ino
+    net.sync_unit("a", units)
+    assert paths.hosts.stat().st_ino == inode
+    assert "\ta\n" in paths.hosts.read_text()
+    assert net.ensure_etc_files("a").hosts.read_text() != ""  # an existing file is kept
+    paths.hosts.unlink()
+    net.ensure_etc_files("a")
+    net.sync_unit("a", units)  # not skipped as "already written"
+    assert "\ta\n" in paths.hosts.read_text()
