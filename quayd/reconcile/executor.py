@@ -305,6 +305,8 @@ class Executor:
             env_files=read_env_files(unit.container.env_files) or None,
             notify_socket_dir=notify_dir,
             seccomp=seccomp_for(unit, self.seccomp_profile),
+            # crun loads a filter compiled once (runc knows no such annotation: JSON only)
+            seccomp_cache_dir=self.state_dir / "seccomp" if self.runtime.name == "crun" else None,
             nofile_ceiling=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
             swap_limit=self._swap_limit,
             terminal=terminal,
