@@ -29,7 +29,6 @@ import structlog
 from quayd.images.errors import ImageError
 from quayd.images.model import ImageConfig, ImageRecord, Platform
 from quayd.images.store import Store
-from quayd.images.unpack import UnpackLimits
 from quayd.isolation.container import (
     Bundle,
     ContainerConfig,
@@ -192,6 +191,7 @@ class Executor:
     ) -> ImageRecord:
         """Pull ``reference`` into the store (a unit's image, or an operator's quayctl pull)."""
         from quayd.images.pull import pull  # noqa: PLC0415 - see registry
+        from quayd.images.unpack import UnpackLimits  # noqa: PLC0415 - tarfile, zstd, isal too
 
         images = self.settings.images
         try:
