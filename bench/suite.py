@@ -382,9 +382,11 @@ def pull_agent(suite: Suite, directory: Path) -> Iterator[list[str]]:
     """A quayd of its own in ``directory`` (empty store, no units) for one pull run; yields the
     quayctl options that reach it. The bench's main quayd is stopped meanwhile (see run): two
     agents would each claim the bridge and its ruleset."""
-    for sub in ("etc", "state", "run"):
+    for sub in ("etc", "state"):
         (directory / sub).mkdir()
-    run_dir = directory / "run"
+    # Its run dir in the host's own /run: quayd makes RUN/netns a shared mount, which
+    # `rm -rf --one-file-system` of the run's directory would refuse to cross.
+    run_dir = Path("/run") / f"quay-bench-{directory.name}"
     out = open(directory / "quayd.log", "ab")  # noqa: SIM115 (kept open by the child)
     process = subprocess.Popen(
         [*suite.host.nsenter(), *agent.quayd_argv(), "--state-dir", str(directory / "state"),
@@ -411,6 +413,8 @@ def pull_agent(suite: Suite, directory: Path) -> Iterator[list[str]]:
             if inner is not None:
                 os.kill(inner, signal.SIGKILL)
             process.wait(timeout=10)
+        suite.host.run(["umount", str(run_dir / "netns")], check=False)
+        suite.host.run(["rm", "-rf", "--one-file-system", str(run_dir)], check=False)
 
 
 IN_PROCESS = """

@@ -34,12 +34,9 @@ def _pull(args: argparse.Namespace) -> int:
     return _action("cmd_pull")(args)
 
 
-def add_image_commands(commands: Any) -> None:
-    """Register ``image`` and its subcommands on quayctl's subparsers."""
-    image = commands.add_parser("image", help="manage the local image store")
-    verbs = image.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
-
-    pull_cmd = verbs.add_parser(
+def add_pull_command(verbs: Any) -> argparse.ArgumentParser:
+    """``image pull``: on the full parser, and on the lean one that tries the agent first."""
+    pull_cmd: argparse.ArgumentParser = verbs.add_parser(
         "pull",
         help="pull an image from its registry",
         description="Pull an image into the store: through the running agent when there is one "
@@ -54,6 +51,15 @@ def add_image_commands(commands: Any) -> None:
         help="pull in this process even when the agent runs (the store's locks keep both safe)",
     )
     pull_cmd.set_defaults(handler=_pull)
+    return pull_cmd
+
+
+def add_image_commands(commands: Any) -> None:
+    """Register ``image`` and its subcommands on quayctl's subparsers."""
+    image = commands.add_parser("image", help="manage the local image store")
+    verbs = image.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
+
+    add_pull_command(verbs)
 
     ls_cmd = verbs.add_parser("ls", help="list stored images")
     ls_cmd.add_argument("--json", action="store_true")

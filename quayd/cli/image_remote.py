@@ -24,8 +24,16 @@ _LOCAL = ("conflict", "forbidden", "not-found", "method-not-allowed", "not-imple
 agent without the route."""
 
 
+_asked: list[bool] = []
+"""Whether :func:`pull` ran in this process already (quayctl's lean path tries it first; the
+full parser's handler then does not ask the agent a second time)."""
+
+
 def pull(args: argparse.Namespace) -> int | None:
     """Pull through the agent; None when the agent cannot do it here (pull in-process)."""
+    if _asked:
+        return None
+    _asked.append(True)
     from quayd.cli.quayctl import DEFAULT_STATE_DIR, agent_socket, setting_dir  # noqa: PLC0415
 
     socket_path = agent_socket(args)

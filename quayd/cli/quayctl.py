@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from quayd.units.directory import ConfigSnapshot, LoadedUnit
@@ -108,8 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
-    if command_of(arguments) in AGENT_COMMANDS:
+    command = command_of(arguments)
+    if command in AGENT_COMMANDS:
         return _run(build_agent_parser(), arguments)
+    if command == "image":
+        through_agent = _pull_through_agent(arguments)
+        if through_agent is not None:
+            return through_agent
     from quayd.cli.common import report_config_error  # noqa: PLC0415
     from quayd.units.findings import QuayConfigError  # noqa: PLC0415
 
@@ -153,17 +158,54 @@ def command_of(arguments: Sequence[str]) -> str | None:
     return None
 
 
+class _LeanParseError(Exception):
+    """The lean parser does not take these arguments: the full parser will say why."""
+
+
+class _LeanParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _LeanParseError(message)
+
+
+def _pull_through_agent(arguments: list[str]) -> int | None:
+    """``image pull`` as a request to the running agent, parsed and sent without the imports of
+    the full parser (pydantic's models: about 0.17 s); None when it is not that command, or the
+    agent cannot do it (then the full path runs: help, errors, the in-process pull)."""
+    from quayd.cli import image_remote  # noqa: PLC0415
+    from quayd.cli.image_commands import add_pull_command  # noqa: PLC0415
+
+    parser = _LeanParser(prog="quayctl", add_help=False)
+    _add_lean_global_options(parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_LeanParser)
+    verbs = commands.add_parser("image", add_help=False).add_subparsers(
+        dest="image_command", required=True, parser_class=_LeanParser
+    )
+    add_pull_command(verbs)
+    try:
+        args = parser.parse_args(arguments)
+    except _LeanParseError:
+        return None
+    if args.local:
+        return None
+    return image_remote.pull(args)
+
+
+def _add_lean_global_options(parser: argparse.ArgumentParser) -> None:
+    """The global options of ``quayd.cli.common.add_global_options``, without its imports."""
+    group = parser.add_argument_group("global options")
+    group.add_argument("--config", type=Path, metavar="FILE")
+    group.add_argument("--config-dir", type=Path, metavar="DIR")
+    group.add_argument("--state-dir", type=Path, metavar="DIR")
+    group.add_argument("--run-dir", type=Path, metavar="DIR")
+
+
 def build_agent_parser() -> argparse.ArgumentParser:
     """quayctl's parser with only the commands that talk to the agent, built from stdlib alone."""
     parser = argparse.ArgumentParser(
         prog="quayctl",
         description="Inspect and steer quay, the declarative container host agent.",
     )
-    group = parser.add_argument_group("global options")
-    group.add_argument("--config", type=Path, metavar="FILE")
-    group.add_argument("--config-dir", type=Path, metavar="DIR")
-    group.add_argument("--state-dir", type=Path, metavar="DIR")
-    group.add_argument("--run-dir", type=Path, metavar="DIR")
+    _add_lean_global_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_agent_commands(commands)
     return parser
