@@ -366,9 +366,10 @@ class Agent:
                 (self.run_dir / ATTACH_SOCKET).unlink()
             for adhoc in self.adhoc.values():
                 _close_console(adhoc)
-            if self.settings.stop_containers_on_exit:
-                await self._stop_everything()
-            await self._finish_actions()
+            async with self._watchdog_kept():
+                if self.settings.stop_containers_on_exit:
+                    await self._stop_everything()
+                await self._finish_actions()
             for task in list(self._tasks):
                 task.cancel()
             for live in self.live.values():
@@ -420,6 +421,27 @@ class Agent:
         """Run blocking action work in the action pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: function(*args, **kwargs))
+
+    @contextlib.asynccontextmanager
+    async def _watchdog_kept(self) -> AsyncIterator[None]:
+        """While the agent stops, its loop no longer turns, yet the watchdog still applies
+        (systemd kills a stopping service whose pings stop): a container's stop that waits its
+        stop_timeout must not turn a clean shutdown into SIGABRT. Bounded by what it wraps."""
+        every = _watchdog_interval()
+        if every is None:
+            yield
+            return
+
+        async def ping() -> None:
+            while True:
+                self.notifier.notify("WATCHDOG=1")
+                await asyncio.sleep(every)
+
+        pinger = asyncio.create_task(ping())
+        try:
+            yield
+        finally:
+            pinger.cancel()
 
     async def _finish_actions(self) -> None:
         """Let actions in flight end (a removal half done is worse than a later stop) for up to

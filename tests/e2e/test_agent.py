@@ -321,3 +321,25 @@ def test_stopping_quayd_leaves_containers_running(deployment: Deployment) -> Non
     assert deployment.http() == "hello-2"
     deployment.host.systemctl("start", "quayd")
     assert deployment.running_pid("web") == pid
+
+
+def test_a_stop_in_flight_is_finished_under_the_watchdog(deployment: Deployment) -> None:
+    """quayd stopped while a container's stop waits its stop_timeout (longer than this test
+    service's WatchdogSec=3s): the agent finishes it and exits cleanly, not by SIGABRT."""
+    deployment.write(
+        "stubborn",
+        f'[container]\nimage = "{IMAGE}"\ncommand = ["sleep", "1000"]\nstop_timeout = "5s"\n',
+    )
+    pid = running(deployment, "stubborn")
+    deployment.delete("stubborn")  # sleep, PID 1, ignores SIGTERM: the stop waits 5 s
+
+    def stopping() -> bool:
+        journal = deployment.host.run(["journalctl", "-u", "quayd", "-o", "cat"]).stdout
+        return '"kind": "stop", "unit": "stubborn"' in journal
+
+    wait_until("the stop action begun", stopping)
+    deployment.host.systemctl("stop", "quayd")
+    shown = deployment.show("ActiveState", "Result")
+    assert shown == {"ActiveState": "inactive", "Result": "success"}, shown
+    assert not deployment.alive(pid)
+    deployment.host.systemctl("start", "quayd")
