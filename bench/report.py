@@ -174,8 +174,10 @@ def _pull(results: dict[str, Any]) -> list[str]:
         "one layer; top-changed: the big image again where only the top layer changed (the "
         "other 4 already stored, pulled untimed first). Each run starts from an empty store. "
         "quay: `quayctl image pull` (process start included) with quayd running, which does the "
-        "pull (each run has a quayd of its own with an empty store); quay --local: the same "
-        "command pulling in its own process, as it does where no agent runs; quay (in-process): "
+        "pull (one quayd for all the runs, its store emptied before each); quay (fresh quayd): "
+        "the same against a quayd started for that run, whose first pull also loads its HTTP "
+        "stack; quay --local: the same command pulling in its own process, as it does where no "
+        "agent runs; quay (in-process): "
         "the pull alone, timed inside a process that has imported everything; podman: `podman "
         "pull` (overlay storage); skopeo+umoci: `skopeo copy docker://… oci:…` then "
         "`umoci unpack`.",

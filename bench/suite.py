@@ -262,7 +262,12 @@ def pull_runs(suite: Suite, runs: int, big_mb: int) -> dict[str, Any]:
         directory.mkdir()
         return directory
 
+    running: list[list[str]] = []  # the options that reach the running quayd (below)
+
     def quay(reference: str, first: str | None) -> float:
+        return quay_pull_running(suite, running[0], reference, first)
+
+    def quay_fresh(reference: str, first: str | None) -> float:
         return quay_pull(suite, fresh("quay"), reference, first)
 
     def quay_local(reference: str, first: str | None) -> float:
@@ -311,12 +316,17 @@ def pull_runs(suite: Suite, runs: int, big_mb: int) -> dict[str, Any]:
 
     tools = {
         "quay": quay,
+        "quay (fresh quayd)": quay_fresh,
         "quay --local": quay_local,
         "quay (in-process)": quay_in_process,
         "podman": podman,
         "skopeo+umoci": skopeo_umoci,
     }
-    with host_registry(suite, bench.root / "registry") as address:
+    with (
+        host_registry(suite, bench.root / "registry") as address,
+        pull_agent(suite, fresh("agent")) as options,
+    ):
+        running.append(options)
         log(f"pull: building the images ({big_mb} MB) and pushing them")
         targets = pull.build_images(work, address, big_mb, in_host)
         profiles = {
@@ -342,9 +352,20 @@ def pull_runs(suite: Suite, runs: int, big_mb: int) -> dict[str, Any]:
     }
 
 
+def quay_pull_running(suite: Suite, options: list[str], reference: str, first: str | None) -> float:
+    """``quayctl image pull`` as an operator runs it: quayd runs (one for all the runs, its
+    store emptied before each: ``image prune --unused`` with no units) and the command asks it
+    to pull."""
+    base = [*agent.quayctl_argv(), *options, "image"]
+    suite.host.run([*base, "prune", "--unused"], timeout=300)
+    if first:
+        suite.host.run([*base, "pull", "-q", first], timeout=300)
+    return suite.timed([*base, "pull", "-q", reference])
+
+
 def quay_pull(suite: Suite, directory: Path, reference: str, first: str | None) -> float:
-    """``quayctl image pull`` as an operator runs it: a quayd runs (its own, with an empty
-    store) and the command asks it to pull."""
+    """The same with a quayd started for this run alone: its first pull also loads the HTTP
+    stack (httpx, the pull and unpack modules), which quayd imports at its first pull only."""
     with pull_agent(suite, directory) as options:
         base = [*agent.quayctl_argv(), *options, "image", "pull", "-q"]
         if first:
@@ -402,7 +423,10 @@ def pull_agent(suite: Suite, directory: Path) -> Iterator[list[str]]:
             lambda: suite.host.run(status, check=False).returncode == 0,
             timeout=30,
         )
-        yield ["--run-dir", str(run_dir), "--state-dir", str(directory / "state")]
+        yield [
+            "--run-dir", str(run_dir), "--state-dir", str(directory / "state"),
+            "--config-dir", str(directory / "etc"),
+        ]  # fmt: skip
     finally:
         inner = agent.child_of(process.pid)
         if inner is not None:
