@@ -229,9 +229,9 @@ class Executor:
         files, which must exist); the files' content, its veth pair and addresses are made in
         another thread while the runtime creates the container, and joined before the
         runtime's start: the process never runs before its ``eth0`` and ``/etc/hosts`` are
-        ready. Only this unit's own etc files
-        (and the ruleset, when this unit publishes ports) are written here: the peers' hosts
-        files are the caller's :meth:`sync_peers`, once after a burst of starts.
+        ready. Only this unit's own etc files (and the ruleset, when this unit publishes ports)
+        are written here: the peers' hosts files are the caller's :meth:`sync_peers`, once
+        after a burst of starts.
 
         With ``terminal`` (an ad-hoc ``quayctl run -t``) the process gets a pty: the runtime is
         given a console socket instead of the log as stdio, and :attr:`Launched.console` is the
