@@ -36,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from quayd.atomicfile import fsync_directory, replace_file, write_all
 from quayd.images.config import parse_config
 from quayd.images.errors import DiskSpaceError, ImageError, StoreError, VerificationError
 from quayd.images.model import (
@@ -214,7 +215,7 @@ class Store:
             "previous": {ref: record_to_json(previous[ref]) for ref in sorted(previous)},
         }
         data = json.dumps(document, indent=1).encode() + b"\n"
-        _atomic_write(self.index, data)
+        replace_file(self.index, data)
 
     # --- blobs ---------------------------------------------------------------------------------
 
@@ -225,7 +226,7 @@ class Store:
             raise VerificationError(f"blob {digest} hashes to {actual}; it was not stored")
         path = self.blob_path(digest)
         if not path.is_file():
-            _atomic_write(path, data, mode=0o600)
+            replace_file(path, data, mode=0o600)
         return path
 
     def ingest(self, digest: str, size: int) -> Ingest:
@@ -260,7 +261,7 @@ class Store:
                 return self.layer_path(chain_id)
             _remove_tree(target)  # a damaged one (no marker): replace it
             os.rename(staging, target)
-        _fsync_dir(self.layers)
+        fsync_directory(self.layers)
         return self.layer_path(chain_id)
 
     @contextlib.contextmanager
@@ -317,7 +318,7 @@ class Store:
                     bad_blobs.append(f"sha256:{path.name}")
                     _unlink(path)
             if bad_blobs:
-                _fsync_dir(self.blobs)
+                fsync_directory(self.blobs)
             bad_layers: list[str] = []
             for path in sorted(self.layers.iterdir()):
                 if path.name.startswith("."):
@@ -504,8 +505,8 @@ class Ingest:
         os.fsync(self._fd)
         target = self.store.blob_path(self.digest)
         os.rename(self.path, target)
-        _fsync_dir(self.store.blobs)
-        _fsync_dir(self.store.ingest_dir)
+        fsync_directory(self.store.blobs)
+        fsync_directory(self.store.ingest_dir)
         self.complete = True
         return target
 
@@ -552,41 +553,13 @@ def syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_synced(path: Path, data: bytes, mode: int = 0o644) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file in the same dir, fsync, rename over ``path``, fsync the dir."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink(Path(temp))
-        raise
-    os.close(fd)
-    os.rename(temp, path)
-    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager

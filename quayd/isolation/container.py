@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from quayd.atomicfile import replace_file
 from quayd.isolation.errors import IsolationError
 from quayd.isolation.rootfs import ROOTFS, mount_rootfs, mounts_below, unmount_rootfs
 from quayd.isolation.runtime import (
@@ -208,21 +209,9 @@ def _spec_inputs(name: str, rootfs: Path, config: ContainerConfig) -> SpecInputs
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``path`` so that a reader sees the old or the new content, never a part."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    """Write ``path`` so that a reader sees the old or the new content, never a part. Not
+    durable: a bundle matters only while its container runs, which a power cut ends anyway."""
+    replace_file(path, data, mode=0o600, durable=False)
 
 
 def start(

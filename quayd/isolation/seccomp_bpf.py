@@ -42,6 +42,8 @@ from typing import Any
 
 import structlog
 
+from quayd.atomicfile import replace_file
+
 log = structlog.get_logger("quayd.isolation")
 
 ANNOTATION = "run.oci.seccomp_bpf_data"
@@ -415,19 +417,7 @@ class BpfCache:
 
 def _write_atomically(directory: Path, name: str, data: bytes) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = directory / f".{name}.{os.getpid()}.{threading.get_native_id()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        temporary.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(temporary, directory / name)
+    replace_file(directory / name, data, mode=0o600)
 
 
 _caches: dict[Path, BpfCache] = {}

@@ -20,8 +20,6 @@ subnet's network address plus the same host offset as the IPv4 address (``10.89.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -29,6 +27,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, overload
 
+from quayd.atomicfile import replace_file
 from quayd.net.errors import LeaseFileError
 
 LEASE_FILE_VERSION = 1
@@ -286,7 +285,7 @@ class LeaseFile:
         data = json.dumps(_encode(leases), indent=2, sort_keys=True) + "\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.path, data.encode("utf-8"))
+            replace_file(self.path, data.encode("utf-8"))
         except OSError as error:
             raise LeaseFileError(
                 f"cannot write the lease file {self.path} ({error}); check that its directory"
@@ -347,34 +346,3 @@ def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{value!r} is not an address string")
     return value
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same dir (0644), fsync, rename over ``path``, fsync the dir.
-
-    The temp file is removed if anything fails before the rename, so no stray file is left.
-    """
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        try:
-            os.fchmod(fd, 0o644)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable: the directory entry lives in the directory."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

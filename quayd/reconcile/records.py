@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quayd.atomicfile import replace_file
 from quayd.units.model import Unit
 
 RECORD = "quay.json"
@@ -67,21 +67,7 @@ def write_json_atomically(path: Path, document: Any) -> None:
     (after a power cut the file is the old one or the new one, never a part)."""
     data = json.dumps(document, indent=1, sort_keys=True).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    replace_file(path, data, mode=0o600)
 
 
 def read_record(directory: Path) -> ContainerRecord | None:
