@@ -43,6 +43,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,19 @@ def hidden_in_host(path: Path) -> bool:
     """The systemd host has its own /run, /tmp and /var/tmp: a --source there is not the one it
     would import (quayd would silently come from the checkout's editable install instead)."""
     return any(path.is_relative_to(private) for private in ("/run", "/tmp", "/var/tmp"))
+
+
+def export_commit(stack: contextlib.ExitStack, commit: str) -> Path:
+    """``git archive COMMIT quayd`` into a scratch dir below /var/lib (which the systemd host
+    sees), removed when ``stack`` closes: the source to measure (``--commit``)."""
+    export = Path(
+        stack.enter_context(tempfile.TemporaryDirectory(prefix="quay-bench-src-", dir="/var/lib"))
+    )
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit, "quayd"], check=True, capture_output=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(export)], input=archive.stdout, check=True)
+    return export
 
 
 def quayd_argv() -> list[str]:

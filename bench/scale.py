@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from bench.suite import (
     scale_quay,
     scale_under_profiler,
 )
-from tests.support.systemd_host import REPO, systemd_host
+from tests.support.systemd_host import systemd_host
 
 PROFILED = [
     *agent.PROFILED,
@@ -62,17 +60,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
         if args.commit:
-            export = Path(
-                stack.enter_context(
-                    tempfile.TemporaryDirectory(prefix="quay-bench-src-", dir="/var/lib")
-                )
-            )
-            archive = subprocess.run(
-                ["git", "-C", str(REPO), "archive", args.commit, "quayd"],
-                check=True, capture_output=True,
-            )  # fmt: skip
-            subprocess.run(["tar", "-x", "-C", str(export)], input=archive.stdout, check=True)
-            args.source = export
+            args.source = agent.export_commit(stack, args.commit)
         if args.source:
             agent.SOURCE[0] = args.source.resolve()
             if agent.hidden_in_host(agent.SOURCE[0]):

@@ -40,7 +40,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -980,17 +979,7 @@ def main(argv: list[str]) -> int:
         return 0
     with contextlib.ExitStack() as stack:
         if args.commit:
-            export = Path(
-                stack.enter_context(
-                    tempfile.TemporaryDirectory(prefix="quay-bench-src-", dir="/var/lib")
-                )
-            )
-            archive = subprocess.run(
-                ["git", "-C", str(REPO), "archive", args.commit, "quayd"],
-                check=True, capture_output=True,
-            )  # fmt: skip
-            subprocess.run(["tar", "-x", "-C", str(export)], input=archive.stdout, check=True)
-            args.source = export
+            args.source = agent.export_commit(stack, args.commit)
         return run(args)
 
 
