@@ -31,18 +31,8 @@ from bench.suite import (
 )
 from tests.support.systemd_host import systemd_host
 
-PROFILED = [
-    *agent.PROFILED,
-    ("quayd.net.network", "Network", "prepare"),
-    ("quayd.net.network", "Network", "connect"),
-    ("quayd.net.network", "Network", "sync_unit"),
-    ("quayd.reconcile.executor", "Executor", "sync_peers"),
-    ("quayd.reconcile.executor", "", "create"),
-    ("quayd.reconcile.executor", "", "start_created"),
-    ("quayd.units.directory", "LoadCache", "load"),
-]
-"""bench/agent.py's pieces and those of the split network work of a start (a quayd from
-before that split has no ``Network.prepare``: profile it with bench agent's own list)."""
+PROFILED = [*agent.PROFILED, ("quayd.units.directory", "LoadCache", "load")]
+"""bench/agent.py's pieces of a start, and the agent's unit-file cache."""
 
 
 def main(argv: list[str]) -> int:

@@ -1034,12 +1034,10 @@ def run(args: argparse.Namespace) -> int:
                 "quayd.cli.quayctl, quayd.images.pull, quayd.images.registry, quayd.images.store",
                 5,
             )
-            up = results["scale"]["tools"]
-            if not quick and up["quay"]["up"]["p50"] > 0.5 * up["podman loop"]["up"]["p50"]:
-                log("quay misses its scale goal: one more run under a profiled quayd")
+            if not quick:  # where the time goes, met or missed: the notes read these
+                log("scale: one more run under a profiled quayd")
                 results["scale_profile"] = scale_under_profiler(suite, scale_units)
-            if not quick and ratio(results["start"], "quay", "podman") > 0.33:
-                log("quay misses its start goal: profiling where its start time goes")
+                log("start: profiling where its time goes")
                 results["start_profile"] = agent.profile(bench, 5)
         finally:
             bench.stop_quayd()
@@ -1054,10 +1052,6 @@ def run(args: argparse.Namespace) -> int:
     args.out.write_text(render(results))
     log(f"wrote {args.out} after {results['wall_s']:.0f} s")
     return 0
-
-
-def ratio(table: dict[str, Any], quay: str, peer: str) -> float:
-    return float(table[quay]["p50"]) / float(table[peer]["p50"])
 
 
 def machine() -> dict[str, str]:
