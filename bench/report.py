@@ -359,7 +359,8 @@ def _profiles(results: dict[str, Any]) -> list[str]:
         f"{mem['after_imports_mib']:.1f} MiB; quayd idle with 0 containers "
         f"{idle[0]['rss_mib']:.1f} MiB; each container adds {per * 1024:.0f} KiB "
         f"(0 → {idle[-1]['containers']}). What each top-level package adds to RSS, imported one "
-        f"by one in quayd's import order (MiB): {packages}.",
+        f"by one in quayd's import order and as quayd imports them (no `rich`; pyroute2's "
+        f"rtnetlink modules only) (MiB): {packages}.",
         "",
     ]
     qp = results["quayctl_profile"]

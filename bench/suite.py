@@ -856,7 +856,7 @@ def _nth_ready(bench: Bench, n: int) -> float | None:
     return found[n][1] if len(found) > n else None
 
 
-# --- profiles for missed goals -------------------------------------------------------------------
+# --- profiles ------------------------------------------------------------------------------------
 
 RSS_PROBE = """
 import sys
@@ -866,6 +866,7 @@ def rss():
             return int(line.split()[1]) / 1024
 base = rss()
 sys.path.insert(0, sys.argv[1])
+sys.modules["rich"] = None  # as quayd's run_agent does (structlog would import it)
 import quayd.cli.quayd_main, quayd.agent.agent, quayd.agent.api, quayd.reconcile.executor
 print(base, rss())
 """
@@ -878,10 +879,12 @@ def rss():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 sys.path.insert(0, sys.argv[1])
+sys.modules["rich"] = None  # as quayd's run_agent does
+AS_QUAYD = {"pyroute2": "quayd.net.pyroute2_light"}  # its rtnetlink modules, not the package
 last = rss()
 for name in sys.argv[2:]:
     try:
-        importlib.import_module(name)
+        importlib.import_module(AS_QUAYD.get(name, name))
     except Exception:
         continue
     now = rss()
@@ -892,7 +895,8 @@ for name in sys.argv[2:]:
 
 def memory_profile(suite: Suite) -> dict[str, Any]:
     """RSS of the bare interpreter and after importing quayd's modules (no work done), and what
-    each top-level package adds when imported in the order quayd imports them."""
+    each top-level package adds when imported in the order quayd imports them, and as quayd
+    imports them (no ``rich``; pyroute2's rtnetlink modules, not the whole package)."""
     src = str(agent.SOURCE[0])
     out = suite.host.run([sys.executable, "-c", RSS_PROBE, src]).stdout.split()
     order = suite.host.run(
