@@ -849,6 +849,13 @@ class Agent:
             killed = True
             await self._work(self.executor.signal, name, "SIGKILL")
             ended = await _wait(live.exited, KILL_TIMEOUT)
+        if ended is None and self.watcher.send_signal(live.pid, signal.SIGKILL):
+            # The runtime's kill did not end the init (seen under load: the old process of a
+            # restarted unit outlived its container): end it through our own pidfd, so a
+            # replacement never runs beside it.
+            log.warning("the runtime's SIGKILL did not end the init; killed it by pidfd",
+                        unit=name, pid=live.pid)  # fmt: skip
+            ended = await _wait(live.exited, KILL_TIMEOUT)
         await self._ended(live, ended, killed=killed, stopped_for=why)
 
     def _on_exits(self) -> None:

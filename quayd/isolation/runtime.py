@@ -588,6 +588,18 @@ class ExitWatcher:
     def fileno(self) -> int:
         return self._selector.fileno()
 
+    def send_signal(self, pid: int, sig: int) -> bool:
+        """Signal a watched process through its pidfd (never a process that reused the pid);
+        False when it is not watched or has already ended."""
+        pidfd = self._pidfds.get(pid)
+        if pidfd is None:
+            return False
+        try:
+            signal.pidfd_send_signal(pidfd, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
     def watching(self) -> list[int]:
         return sorted(self._pidfds)
 

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -575,3 +576,22 @@ def test_mountinfo_paths_are_unescaped_and_odd_lines_skipped() -> None:
     (mount,) = parse_mountinfo(text)
     assert mount.mount_point == Path("/var/lib/quay/a b/rootfs")
     assert (mount.fs_type, mount.super_options) == ("overlay", "rw,x")
+
+
+def test_the_exit_watcher_signals_only_the_process_it_watches() -> None:
+    """send_signal goes through the pidfd: the watched process, never one that reused its pid."""
+    child = subprocess.Popen(["sleep", "100"])
+    other = subprocess.Popen(["sleep", "100"])
+    try:
+        with ExitWatcher() as watcher:
+            watcher.watch(child.pid)
+            assert not watcher.send_signal(other.pid, signal.SIGKILL)  # not watched
+            assert watcher.send_signal(child.pid, signal.SIGKILL)
+            ended = watcher.wait_for(child.pid, 10)
+            assert ended is not None
+            assert ended.signal == signal.SIGKILL
+            assert other.poll() is None
+    finally:
+        for process in (child, other):
+            process.kill()
+            process.wait()
