@@ -20,10 +20,11 @@ from tests.support.agent import (
     NOTIFY_IMAGE,
     QUAYD,
     Deployment,
+    deployed,
     running,
     wait_until,
 )
-from tests.support.systemd_host import CONTAINER_TEST_MARKS, systemd_host
+from tests.support.systemd_host import CONTAINER_TEST_MARKS
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
 
@@ -55,11 +56,8 @@ requires = ["web"]
 
 @pytest.fixture(scope="module")
 def deployment(sd_notify: Path) -> Iterator[Deployment]:
-    with systemd_host() as host:
-        deployment = Deployment(host)
-        deployment.install(sd_notify)
+    with deployed(sd_notify, start=False) as deployment:  # the first test starts it
         yield deployment
-        host.systemctl("stop", "quayd", check=False)
 
 
 # --- the scenario, in order (each test builds on the state the previous one left) -------------

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from quayd.images.model import Platform
-from tests.support.agent import QUAYCTL, RUN_DIR, Deployment, running, wait_until
+from tests.support.agent import QUAYCTL, RUN_DIR, Deployment, deployed, running, wait_until
 from tests.support.images import Layer, OciLayout, busybox_entries, file
-from tests.support.systemd_host import CONTAINER_TEST_MARKS, systemd_host
+from tests.support.systemd_host import CONTAINER_TEST_MARKS
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
 
@@ -79,12 +79,8 @@ class Registry:
 
 @pytest.fixture(scope="module")
 def deployment(sd_notify: Path) -> Iterator[Deployment]:
-    with systemd_host() as host:
-        deployment = Deployment(host)
-        deployment.install(sd_notify)
-        deployment.host.systemctl("start", "quayd")
+    with deployed(sd_notify) as deployment:
         yield deployment
-        host.systemctl("stop", "quayd", check=False)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import IMAGE, Deployment, running, wait_until
-from tests.support.systemd_host import CONTAINER_TEST_MARKS, systemd_host
+from tests.support.agent import IMAGE, Deployment, deployed, running, wait_until
+from tests.support.systemd_host import CONTAINER_TEST_MARKS
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
 
@@ -28,12 +28,8 @@ PEERS = [f"peer{i}" for i in range(6)]
 
 @pytest.fixture(scope="module")
 def deployment(sd_notify: Path) -> Iterator[Deployment]:
-    with systemd_host() as host:
-        deployment = Deployment(host)
-        deployment.install(sd_notify)
-        deployment.host.systemctl("start", "quayd")
+    with deployed(sd_notify) as deployment:
         yield deployment
-        host.systemctl("stop", "quayd", check=False)
 
 
 def hosts_names(deployment: Deployment, unit: str) -> set[str]:

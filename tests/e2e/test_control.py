@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import IMAGE, QUAYCTL, WEB_BASE, Deployment, running, wait_until
-from tests.support.systemd_host import CONTAINER_TEST_MARKS, systemd_host
+from tests.support.agent import IMAGE, QUAYCTL, WEB_BASE, Deployment, deployed, running, wait_until
+from tests.support.systemd_host import CONTAINER_TEST_MARKS
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
 
@@ -36,14 +36,9 @@ ports = ["8080:80"]
 
 @pytest.fixture(scope="module")
 def deployment(sd_notify: Path) -> Iterator[Deployment]:
-    with systemd_host() as host:
-        deployment = Deployment(host)
-        deployment.install(sd_notify)
-        deployment.write("web", WEB)
-        host.systemctl("start", "quayd")
+    with deployed(sd_notify, {"web": WEB}) as deployment:
         running(deployment, "web")
         yield deployment
-        host.systemctl("stop", "quayd", check=False)
 
 
 def test_status_carries_health_address_ports_and_digest(deployment: Deployment) -> None:

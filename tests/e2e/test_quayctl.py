@@ -16,8 +16,17 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.support.agent import IMAGE, QUAYCTL, RUN_DIR, WEB_BASE, Deployment, running, wait_until
-from tests.support.systemd_host import CONTAINER_TEST_MARKS, REPO, systemd_host
+from tests.support.agent import (
+    IMAGE,
+    QUAYCTL,
+    RUN_DIR,
+    WEB_BASE,
+    Deployment,
+    deployed,
+    running,
+    wait_until,
+)
+from tests.support.systemd_host import CONTAINER_TEST_MARKS, REPO
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
 
@@ -67,15 +76,9 @@ def quayctl(deployment: Deployment, *args: str, user: int | None = None) -> Any:
 
 @pytest.fixture(scope="module")
 def deployment(sd_notify: Path) -> Iterator[Deployment]:
-    with systemd_host() as host:
-        deployment = Deployment(host)
-        deployment.install(sd_notify)
-        for name, text in UNITS.items():
-            deployment.write(name, text)
-        host.systemctl("start", "quayd")
+    with deployed(sd_notify, UNITS) as deployment:
         running(deployment, "ticker")
         yield deployment
-        host.systemctl("stop", "quayd", check=False)
 
 
 def test_status_shows_state_health_address_and_ports(deployment: Deployment) -> None:

@@ -23,10 +23,11 @@ from tests.support.agent import (
     SERVE,
     WEB_BASE,
     Deployment,
+    deployed,
     running,
     wait_until,
 )
-from tests.support.systemd_host import CONTAINER_TEST_MARKS, systemd_host
+from tests.support.systemd_host import CONTAINER_TEST_MARKS
 from tests.support.terminal import drive
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
@@ -37,14 +38,9 @@ CTL = [str(QUAYCTL), "--run-dir", RUN_DIR]
 
 @pytest.fixture(scope="module")
 def deployment(sd_notify: Path) -> Iterator[Deployment]:
-    with systemd_host() as host:
-        deployment = Deployment(host)
-        deployment.install(sd_notify)
-        deployment.write("web", WEB)
-        host.systemctl("start", "quayd")
+    with deployed(sd_notify, {"web": WEB}) as deployment:
         running(deployment, "web")
         yield deployment
-        host.systemctl("stop", "quayd", check=False)
 
 
 def config_files(deployment: Deployment) -> dict[str, str]:

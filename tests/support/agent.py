@@ -8,17 +8,18 @@ loads images into the store, writes unit files atomically, and reads ``systemctl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from quayd.images.model import Platform
 from tests.support.images import Layer, OciLayout, busybox_entries, file
-from tests.support.systemd_host import REPO, SystemdHost
+from tests.support.systemd_host import REPO, SystemdHost, systemd_host
 
 T = TypeVar("T")
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
@@ -166,3 +167,20 @@ class Deployment:
 
 def running(deployment: Deployment, name: str) -> int:
     return wait_until(f"{name} running", lambda: deployment.running_pid(name))
+
+
+@contextlib.contextmanager
+def deployed(
+    sd_notify: Path, units: Mapping[str, str] | None = None, *, start: bool = True
+) -> Iterator[Deployment]:
+    """A throwaway systemd host with quayd installed as its packaged service, ``units`` written,
+    and (with ``start``) the service started; quayd is stopped before the host goes."""
+    with systemd_host() as host:
+        deployment = Deployment(host)
+        deployment.install(sd_notify)
+        for name, text in (units or {}).items():
+            deployment.write(name, text)
+        if start:
+            host.systemctl("start", "quayd")
+        yield deployment
+        host.systemctl("stop", "quayd", check=False)
