@@ -119,7 +119,11 @@ def test_restart_replaces_the_container_at_once(deployment: Deployment) -> None:
     try:
         wait_until("the old web ended", ended, timeout=5)
     except AssertionError as error:
-        raise AssertionError(f"the old web still runs:\n{old_process()}") from error
+        journal = deployment.host.run(["journalctl", "-u", "quayd", "-o", "cat"], check=False)
+        web_lines = [line for line in journal.stdout.splitlines() if '"web"' in line][-15:]
+        raise AssertionError(
+            f"the old web still runs:\n{old_process()}\nquayd on web:\n" + "\n".join(web_lines)
+        ) from error
     assert deployment.alive(new)
 
 
