@@ -594,13 +594,14 @@ class Agent:
         held = frozenset(name for name in self.holds if name in units)
         return Desired(units=units, invalid=invalid, held=held)
 
-    def _last_good_of_invalid(
+    def _keep_last_good(
         self,
         snapshot: ConfigSnapshot,
         units: dict[str, DesiredUnit],
         invalid: dict[str, tuple[str, ...]],
     ) -> None:
-        """An invalid file keeps its last good version running; without one, nothing runs."""
+        """Each invalid file's last good version (from this agent's passes, else the running
+        container's record) into ``units`` with its findings; without one, into ``invalid``."""
         for name, bad in snapshot.invalid.items():
             findings = tuple(str(finding) for finding in bad.findings if finding.is_error)
             good = self.last_good.get(name)
@@ -610,6 +611,18 @@ class Agent:
                 invalid[name] = findings
             else:
                 units[name] = DesiredUnit(name=name, unit=good[0], hash=good[1], findings=findings)
+
+    def _last_good_of_invalid(
+        self,
+        snapshot: ConfigSnapshot,
+        units: dict[str, DesiredUnit],
+        invalid: dict[str, tuple[str, ...]],
+    ) -> None:
+        """An invalid file keeps its last good version running; without one, nothing runs.
+        Each new finding is logged and becomes an event."""
+        self._keep_last_good(snapshot, units, invalid)
+        for name in snapshot.invalid:
+            findings = invalid[name] if name in invalid else units[name].findings
             if findings and self.errors.get(f"invalid:{name}") != findings[0]:
                 self.errors[f"invalid:{name}"] = findings[0]
                 log.error("invalid unit file", unit=name, findings=list(findings))
@@ -1527,15 +1540,7 @@ class Agent:
                 digest = record.manifest_digest if record is not None else None
             units[name] = DesiredUnit(name, loaded.unit, unit_hash(loaded.unit, digest))
         invalid: dict[str, tuple[str, ...]] = {}
-        for name, bad in snapshot.invalid.items():
-            findings = tuple(str(finding) for finding in bad.findings if finding.is_error)
-            good = self.last_good.get(name)
-            if good is None and name in self.live:
-                good = (self.live[name].record.unit, self.live[name].record.hash)
-            if good is None:
-                invalid[name] = findings
-            else:
-                units[name] = DesiredUnit(name, good[0], good[1], findings)
+        self._keep_last_good(snapshot, units, invalid)
         held = frozenset(name for name in self.holds if name in units)
         return Desired(units=units, invalid=invalid, held=held)
 
