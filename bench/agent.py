@@ -289,6 +289,39 @@ class Bench:
             raise RuntimeError(f"{argv} exited {code}: {done.stderr}")
         return t0, t1
 
+    # --- one timed start of each tool: its container's command touches /marks/RUN_ID -----
+
+    def quay_start(self, unit: str, run_id: str, **options: Any) -> float:
+        """Seconds from the unit file's rename to its process running; the unit is removed."""
+        command = ["sh", "-c", f"touch /marks/{run_id}; exec sleep 1000"]
+        t0 = self.write_unit(unit, quay_unit(command, mark=self.marks, **options))
+        seconds = (mark_time(self.marks / run_id) - t0) / 1e9
+        self.delete_units([unit])
+        return seconds
+
+    def podman_start(self, container: str, run_id: str, network: str | None = None) -> float:
+        """Seconds from ``podman run -d`` to its process running; the container is removed."""
+        options = ["--network", network] if network is not None else []
+        t0, _ = self.in_host(
+            self.podman(
+                "run", "-d", "--name", container, *options, "-v", f"{self.marks}:/marks", IMAGE,
+                "sh", "-c", f"touch /marks/{run_id}; exec sleep 1000",
+            )
+        )  # fmt: skip
+        seconds = (mark_time(self.marks / run_id) - t0) / 1e9
+        self.host.run(self.podman("rm", "-f", "-t", "0", container))
+        return seconds
+
+    def crun_start(self, container: str, run_id: str) -> float:
+        """Seconds from raw ``crun run -d`` of the bundle to its process running (the floor)."""
+        self.crun_bundle_for(run_id)
+        t0, _ = self.in_host(
+            ["crun", "--systemd-cgroup", "run", "-d", "--bundle", str(self.bundle), container]
+        )
+        seconds = (mark_time(self.marks / run_id) - t0) / 1e9
+        self.host.run(["crun", "delete", "-f", container])
+        return seconds
+
 
 def child_of(pid: int) -> int | None:
     try:
@@ -334,29 +367,9 @@ def mark_time(path: Path, timeout: float = 60.0) -> int:
 def latency(bench: Bench, runs: int) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {"quay": [], "podman": [], "crun": []}
     for run in range(runs):
-        run_id = f"q{run}"
-        text = quay_unit(["sh", "-c", f"touch /marks/{run_id}; exec sleep 1000"], mark=bench.marks)
-        t0 = bench.write_unit(f"lat{run}", text)
-        results["quay"].append((mark_time(bench.marks / run_id) - t0) / 1e9)
-        bench.delete_units([f"lat{run}"])
-
-        run_id = f"p{run}"
-        t0, _ = bench.in_host(
-            bench.podman(
-                "run", "-d", "--name", f"lat{run}", "-v", f"{bench.marks}:/marks", IMAGE,
-                "sh", "-c", f"touch /marks/{run_id}; exec sleep 1000",
-            )
-        )  # fmt: skip
-        results["podman"].append((mark_time(bench.marks / run_id) - t0) / 1e9)
-        bench.host.run(bench.podman("rm", "-f", "-t", "0", f"lat{run}"))
-
-        run_id = f"c{run}"
-        bench.crun_bundle_for(run_id)
-        t0, _ = bench.in_host(
-            ["crun", "--systemd-cgroup", "run", "-d", "--bundle", str(bench.bundle), f"lat{run}"]
-        )
-        results["crun"].append((mark_time(bench.marks / run_id) - t0) / 1e9)
-        bench.host.run(["crun", "delete", "-f", f"lat{run}"])
+        results["quay"].append(bench.quay_start(f"lat{run}", f"q{run}"))
+        results["podman"].append(bench.podman_start(f"lat{run}", f"p{run}"))
+        results["crun"].append(bench.crun_start(f"lat{run}", f"c{run}"))
         log(
             f"run {run + 1}/{runs}: "
             + "  ".join(f"{tool} {values[-1]:.3f}s" for tool, values in results.items())

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.registry import running_registry
+from tests.support.systemd_host import REPO
 
 ROOT = Path(__file__).resolve().parents[1]
 QUAYCTL: list[str] = []
@@ -194,13 +195,14 @@ def run_quay(reference: str, work: Path, first: str | None) -> float:
     return _timed([*base, "pull", "-q", reference])
 
 
-_IN_PROCESS = """
+IN_PROCESS = """
 import sys, time
+sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from quayd.images.pull import pull
 from quayd.images.registry import RegistryClient
 from quayd.images.store import Store
-first, reference, state = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+first, reference, state = sys.argv[2], sys.argv[3], Path(sys.argv[4])
 store = Store(state)
 with RegistryClient() as client:
     if first:
@@ -209,13 +211,16 @@ with RegistryClient() as client:
     pull(reference, store=store, client=client)
     print(time.perf_counter() - start)
 """
+"""The pull as the agent does it, timed inside a process that has imported quayd (argv: the
+source dir quayd is imported from, the reference pulled first untimed or "", the reference,
+the state dir)."""
 
 
 def run_quay_in_agent(reference: str, work: Path, first: str | None) -> float:
     """The pull as the agent does it: in a running process, imports and start-up already paid."""
     python = str(Path(QUAYCTL[0]).parent / "python")
     result = subprocess.run(
-        [python, "-c", _IN_PROCESS, first or "", reference, str(work / "state")],
+        [python, "-c", IN_PROCESS, str(REPO), first or "", reference, str(work / "state")],
         check=True,
         capture_output=True,
         text=True,

@@ -157,34 +157,11 @@ def start(suite: Suite, runs: int) -> dict[str, list[float]]:
     for run in range(runs):
         for network, label in (("bridge", "quay"), ("host", "quay (host net)")):
             run_id = f"q{network[0]}{run}"
-            text = quay_unit(
-                ["sh", "-c", f"touch /marks/{run_id}; exec sleep 1000"],
-                mark=bench.marks,
-                network=network,
-            )
-            t0 = bench.write_unit(f"st{run_id}", text)
-            results[label].append((mark_time(bench.marks / run_id) - t0) / 1e9)
-            bench.delete_units([f"st{run_id}"])
-
+            results[label].append(bench.quay_start(f"st{run_id}", run_id, network=network))
         for network, label in (("bridge", "podman"), ("host", "podman (host net)")):
             run_id = f"p{network[0]}{run}"
-            t0, _ = bench.in_host(
-                bench.podman(
-                    "run", "-d", "--name", f"st{run_id}", "--network", network,
-                    "-v", f"{bench.marks}:/marks", IMAGE,
-                    "sh", "-c", f"touch /marks/{run_id}; exec sleep 1000",
-                )
-            )  # fmt: skip
-            results[label].append((mark_time(bench.marks / run_id) - t0) / 1e9)
-            suite.host.run(bench.podman("rm", "-f", "-t", "0", f"st{run_id}"))
-
-        run_id = f"c{run}"
-        bench.crun_bundle_for(run_id)
-        t0, _ = bench.in_host(
-            ["crun", "--systemd-cgroup", "run", "-d", "--bundle", str(bench.bundle), f"st{run_id}"]
-        )
-        results["crun run"].append((mark_time(bench.marks / run_id) - t0) / 1e9)
-        suite.host.run(["crun", "delete", "-f", f"st{run_id}"])
+            results[label].append(bench.podman_start(f"st{run_id}", run_id, network))
+        results["crun run"].append(bench.crun_start(f"stc{run}", f"c{run}"))
 
         run_id = f"n{run}"
         text = quay_unit(
@@ -306,7 +283,7 @@ def pull_runs(suite: Suite, runs: int, big_mb: int) -> dict[str, Any]:
     def quay_in_process(reference: str, first: str | None) -> float:
         directory = fresh("inproc")
         done = suite.host.run(
-            [sys.executable, "-c", IN_PROCESS, str(agent.SOURCE[0]), first or "", reference,
+            [sys.executable, "-c", pull.IN_PROCESS, str(agent.SOURCE[0]), first or "", reference,
              str(directory / "state")],
             timeout=300,
         )  # fmt: skip
@@ -439,24 +416,6 @@ def pull_agent(suite: Suite, directory: Path) -> Iterator[list[str]]:
         suite.host.run(["umount", str(run_dir / "netns")], check=False)
         suite.host.run(["rm", "-rf", "--one-file-system", str(run_dir)], check=False)
 
-
-IN_PROCESS = """
-import sys, time
-sys.path.insert(0, sys.argv[1])
-from pathlib import Path
-from quayd.images.pull import pull
-from quayd.images.registry import RegistryClient
-from quayd.images.store import Store
-first, reference, state = sys.argv[2], sys.argv[3], Path(sys.argv[4])
-store = Store(state)
-with RegistryClient() as client:
-    if first:
-        pull(first, store=store, client=client)
-    start = time.perf_counter()
-    pull(reference, store=store, client=client)
-    print(time.perf_counter() - start)
-"""
-"""The pull as the agent does it: in a running process, imports and start-up already paid."""
 
 PULL_PROFILE = """
 import cProfile, io, pstats, sys
