@@ -100,7 +100,12 @@ def test_wait_succeeds_times_out_and_fails(deployment: Deployment) -> None:
     late = quayctl(deployment, "wait", "--timeout", "1", "stuck")
     assert late.returncode == 2
     assert "stuck" in late.stderr
-    deployment.write("crash", f'[container]\nimage = "{IMAGE}"\ncommand = ["false"]\n')
+    # Ready only on a port it never opens: with mode "started" it would be ready for the few ms
+    # between its start and its exit, and a poll landing there (seen once) would say ready.
+    deployment.write(
+        "crash",
+        f'[container]\nimage = "{IMAGE}"\ncommand = ["false"]\n[ready]\nmode = "tcp"\nport = 9\n',
+    )
     assert quayctl(deployment, "wait", "--timeout", "30", "crash").returncode == 1
     assert quayctl(deployment, "wait", "nope").returncode == 4
     deployment.delete("crash")
