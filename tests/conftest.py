@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Skips are printed by reason; under CI=true one outside tests/support/skips.py fails the run.
+pytest_plugins = ["tests.support.skips"]
+
 SD_NOTIFY_SOURCE = Path(__file__).parent / "support" / "sd_notify.c"
 
 

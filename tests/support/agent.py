@@ -1,25 +1,42 @@
-"""quayd installed as the packaged systemd service in a systemd test host, and ways to watch it.
+"""quayd installed as the packaged systemd service in a test host, and ways to watch it.
 
-:class:`Deployment` installs ``packaging/systemd/quayd.service`` in the host (``ExecStart``
-pointed at the venv's quayd and the test's directories, a 3 s watchdog, a 0.5 s restart delay),
-loads images into the store, writes unit files atomically, and reads ``systemctl show``,
-``quayctl status --json`` and the containers' PIDs.
+Two hosts run it (``deployed(..., host=...)``, and :data:`HOSTS` to parametrize a module's
+fixture over both):
+
+* ``namespace``: a systemd test host in namespaces of this machine (``systemd_host.py``), the
+  packaged ``quayd.service`` written to its private /run with ``ExecStart`` pointed at the
+  venv's quayd and the test's directories;
+* ``vm``: a Debian 12 guest (``vm_host.py``, cgroup v2 unified), quay installed there as a user
+  installs it (``vm_install.py``), the packaged service with its default paths (/etc/quay.d,
+  /var/lib/quay, /run/quay) and a drop-in, as a user would tweak it.
+
+Both get a 3 s watchdog, a 0.5 s restart delay and the test hang hook. :class:`Deployment` only
+uses the :class:`Host` interface: commands, Python with quay inside the host, files there.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol, TypeVar
+
+import pytest
 
 from quayd.images.model import Platform
+from tests.support import vm_host as vm
 from tests.support.images import Layer, OciLayout, busybox_entries, file
-from tests.support.systemd_host import REPO, SystemdHost, systemd_host
+from tests.support.systemd_host import REPO, STATE_PARENT, SystemdHost, systemd_host
+from tests.support.vm_image import ensure_image
 
 T = TypeVar("T")
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
@@ -40,6 +57,18 @@ port = 80
 """
 """A busybox httpd serving "hello", ready when port 80 accepts: tests add their own tables."""
 
+HOSTS = [
+    pytest.param("namespace", id="namespace"),
+    pytest.param(
+        "vm",
+        id="vm",
+        marks=pytest.mark.skipif(
+            vm.unavailable_reason() is not None, reason=vm.unavailable_reason() or ""
+        ),
+    ),
+]
+"""``params`` for a module's deployment fixture: the e2e suite runs on both hosts."""
+
 
 def wait_until(what: str, check: Callable[[], T | None], timeout: float = 30.0) -> T:
     deadline = time.monotonic() + timeout
@@ -52,24 +81,188 @@ def wait_until(what: str, check: Callable[[], T | None], timeout: float = 30.0) 
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
 
 
+class Host(Protocol):
+    """What a deployment needs of a test host; paths are the host's own."""
+
+    kind: str
+    """``namespace`` or ``vm``."""
+
+    @property
+    def scratch(self) -> PurePosixPath:
+        """A directory in the host for the tests' files."""
+        ...
+
+    @property
+    def staging(self) -> Path:
+        """On this machine: where files are made before :meth:`copy_in` takes them in."""
+        ...
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 60.0,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]: ...
+    def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]: ...
+    def python(
+        self, code: str, *args: str, check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """A Python that imports quayd (and the tests' helpers) inside the host."""
+        ...
+
+    def call(
+        self, function: Callable[..., Any], /, *, timeout: float = 60.0, **kwargs: Any
+    ) -> Any: ...
+    def write_file(self, path: str, text: str, *, atomic: bool = True) -> None: ...
+    def read_file(self, path: str) -> str | None: ...
+    def delete(self, path: str) -> None: ...
+    def exists(self, path: str) -> bool: ...
+    def copy_in(self, local: Path, remote: str) -> None: ...
+
+
+@dataclass
+class NamespaceHost:
+    """A :class:`SystemdHost` as a :class:`Host`. Its state dir is shared with this machine,
+    so files there are read and written directly; elsewhere (its private /run, /tmp) through
+    a command inside."""
+
+    inner: SystemdHost
+    kind: str = "namespace"
+
+    @property
+    def scratch(self) -> PurePosixPath:
+        return PurePosixPath(self.inner.state_dir)
+
+    @property
+    def staging(self) -> Path:
+        return self.inner.state_dir
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 60.0,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return self.inner.run(argv, check=check, timeout=timeout, input=input, env=env)
+
+    def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.inner.systemctl(*args, check=check)
+
+    def python(
+        self, code: str, *args: str, check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        return self.inner.python(code, *args, check=check, timeout=timeout)
+
+    def call(self, function: Callable[..., Any], /, *, timeout: float = 60.0, **kwargs: Any) -> Any:
+        return self.inner.call(function, timeout=timeout, **kwargs)
+
+    def _shared(self, path: str) -> Path | None:
+        local = Path(path)
+        return local if local.is_relative_to(self.inner.state_dir) else None
+
+    def write_file(self, path: str, text: str, *, atomic: bool = True) -> None:
+        local = self._shared(path)
+        if local is None:
+            self.run(
+                ["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1"', "sh", path], input=text
+            )
+            return
+        local.parent.mkdir(parents=True, exist_ok=True)
+        if not atomic:
+            local.write_text(text)
+            return
+        temporary = local.with_name(f".{local.name}.{secrets.token_hex(3)}.tmp")
+        temporary.write_text(text)
+        temporary.rename(local)
+
+    def read_file(self, path: str) -> str | None:
+        local = self._shared(path)
+        if local is None:
+            done = self.run(["sh", "-c", 'test -f "$1" && cat "$1"', "sh", path], check=False)
+            return done.stdout if done.returncode == 0 else None
+        return local.read_text() if local.is_file() else None
+
+    def delete(self, path: str) -> None:
+        local = self._shared(path)
+        if local is None:
+            self.run(["rm", "--", path])
+        else:
+            local.unlink()
+
+    def exists(self, path: str) -> bool:
+        local = self._shared(path)
+        if local is None:
+            return self.run(["test", "-e", path], check=False).returncode == 0
+        return local.exists()
+
+    def copy_in(self, local: Path, remote: str) -> None:
+        target = self._shared(remote)
+        if target is None:
+            raise ValueError(f"{remote} is not in the host's state dir, shared with the machine")
+        if target == local:
+            return
+        if local.is_dir():
+            shutil.copytree(local, target, dirs_exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(local, target)
+
+
+VM_DROP_IN = """\
+# The tests' tweaks of the packaged service, as a user makes them: a drop-in.
+[Service]
+WatchdogSec=3s
+RestartSec=500ms
+Environment=QUAYD_TEST_HANG_FILE={hang}
+"""
+
+
 class Deployment:
-    def __init__(self, host: SystemdHost) -> None:
+    def __init__(self, host: Host) -> None:
         self.host = host
-        self.config_dir = host.state_dir / "etc-quay.d"
-        self.state_dir = host.state_dir / "state"
-        self.hang_file = host.state_dir / "hang"
+        if host.kind == "vm":  # the packaged service's defaults
+            self.config_dir = PurePosixPath("/etc/quay.d")
+            self.state_dir = PurePosixPath("/var/lib/quay")
+            self.quayd = "/usr/local/bin/quayd"
+            self.quayctl = "/usr/local/bin/quayctl"
+        else:
+            self.config_dir = host.scratch / "etc-quay.d"
+            self.state_dir = host.scratch / "state"
+            self.quayd = str(QUAYD)
+            self.quayctl = str(QUAYCTL)
+        self.hang_file = host.scratch / "hang"
 
     def install(self, sd_notify: Path) -> None:
-        self.config_dir.mkdir(parents=True, exist_ok=True)
-        image = self.host.state_dir / "busybox-oci"
-        subprocess.run([REPO / "examples" / "build-busybox-image", image], check=True)
+        """The test images loaded, the service installed (namespace) or tweaked (vm), and
+        quayd stopped: a test starts it."""
+        self.host.run(["mkdir", "-p", str(self.host.scratch), str(self.config_dir)])
+        if self.host.kind == "vm":
+            self.host.systemctl("stop", "quayd")  # enabled and started by the install
+            dropin = "/etc/systemd/system/quayd.service.d/test.conf"
+            self.host.run(["mkdir", "-p", os.path.dirname(dropin)])
+            self.host.write_file(dropin, VM_DROP_IN.format(hang=self.hang_file))
+        else:
+            self._install_namespace_service()
+        self.host.systemctl("daemon-reload")
+        image = self.host.staging / "busybox-oci"
+        subprocess.run(
+            [REPO / "examples" / "build-busybox-image", image], check=True, capture_output=True
+        )
         self.load(image, IMAGE)
         # busybox plus the static sd_notify helper, for readiness through NOTIFY_SOCKET
-        layout = OciLayout(self.host.state_dir / "notify-oci")
+        layout = OciLayout(self.host.staging / "notify-oci")
         entries = [*busybox_entries(), file("bin/sd_notify", sd_notify.read_bytes(), 0o755)]
         descriptor, _ = layout.image([Layer.of(entries)], Platform.host())
         layout.tag(descriptor, "1")
         self.load(layout.root, NOTIFY_IMAGE)
+
+    def _install_namespace_service(self) -> None:
         service = (REPO / "packaging/systemd/quayd.service").read_text()
         exec_start = (
             f"ExecStart={QUAYD} --state-dir {self.state_dir} --config-dir {self.config_dir} "
@@ -82,44 +275,46 @@ class Deployment:
             "Environment=PYTHONUNBUFFERED=1",
             f"Environment=PYTHONUNBUFFERED=1 QUAYD_TEST_HANG_FILE={self.hang_file}",
         )
-        units = Path("/run/systemd/system")  # inside the host: its private /run
+        units = "/run/systemd/system"  # inside the host: its private /run
         for name, text in (
             ("quayd.service", service),
             ("quay.slice", (REPO / "packaging/systemd/quay.slice").read_text()),
         ):
-            self.host.run(["sh", "-c", f"mkdir -p {units} && cat > {units / name}"], input=text)
-        self.host.systemctl("daemon-reload")
+            self.host.write_file(f"{units}/{name}", text, atomic=False)
 
     def load(self, layout: Path, reference: str) -> None:
-        subprocess.run(
-            [
-                QUAYCTL,
-                "--state-dir",
-                self.state_dir,
-                "image",
-                "load",
-                layout,
-                "--reference",
-                reference,
-            ],
-            check=True,
-            capture_output=True,
-        )
+        """``quayctl image load`` in the host, of a layout made on this machine."""
+        remote = str(self.host.scratch / layout.name)
+        self.host.copy_in(layout, remote)
+        load = [self.quayctl, "--state-dir", str(self.state_dir), "image", "load", remote]
+        self.host.run([*load, "--reference", reference], timeout=120)
+
+    def path(self, name: str) -> str:
+        return str(self.config_dir / f"{name}.toml")
 
     def write(self, name: str, text: str) -> None:
-        temporary = self.config_dir / f".{name}.tmp"
-        temporary.write_text(text)
-        temporary.rename(self.config_dir / f"{name}.toml")
+        """The unit file ``name``, written atomically (a dot file renamed over it)."""
+        self.host.write_file(self.path(name), text)
 
     def delete(self, name: str) -> None:
-        (self.config_dir / f"{name}.toml").unlink()
+        self.host.delete(self.path(name))
+
+    def config_files(self) -> dict[str, str]:
+        """Every file below the config directory, by its relative path, with its text."""
+        listed = self.host.run(["find", str(self.config_dir), "-type", "f"]).stdout.split()
+        found = {}
+        for path in sorted(listed):
+            text = self.host.read_file(path)
+            if text is not None:
+                found[str(PurePosixPath(path).relative_to(self.config_dir))] = text
+        return found
 
     def show(self, *properties: str) -> dict[str, str]:
         shown = self.host.systemctl("show", "quayd", "-p", ",".join(properties)).stdout
         return dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
 
     def status(self) -> dict[str, Any]:
-        done = self.host.run([str(QUAYCTL), "--run-dir", RUN_DIR, "status", "--json"], check=False)
+        done = self.host.run([self.quayctl, "--run-dir", RUN_DIR, "status", "--json"], check=False)
         if done.returncode == 4:
             return {}
         result: dict[str, Any] = json.loads(done.stdout)
@@ -142,6 +337,21 @@ class Deployment:
         done = self.host.python(code, method, path, json.dumps(body))
         return json.loads(done.stdout)
 
+    def events(self) -> list[dict[str, Any]]:
+        """The agent's event log, oldest first."""
+        lines = self.host.python(
+            "import json\n"
+            "from quayd.cli.client import stream\n"
+            f"for e in stream('{RUN_DIR}/quayd.sock', '/v1/events?follow=false'):\n"
+            "    print(json.dumps(e))\n"
+        ).stdout.splitlines()
+        return [json.loads(line) for line in lines]
+
+    def journal(self) -> str:
+        """quayd's journal (its JSON lines), flushed first."""
+        self.host.run(["journalctl", "--sync"], check=False)
+        return self.host.run(["journalctl", "-u", "quayd", "-o", "cat", "--no-pager"]).stdout
+
     def units(self) -> dict[str, dict[str, Any]]:
         return {unit["name"]: unit for unit in self.status().get("units", [])}
 
@@ -155,9 +365,9 @@ class Deployment:
             return int(unit["pid"])
         return None
 
-    def http(self) -> str:
+    def http(self, port: int = 8080) -> str:
         done = self.host.run(
-            ["busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:8080/"], check=False
+            ["busybox", "wget", "-q", "-O", "-", f"http://127.0.0.1:{port}/"], check=False
         )
         return done.stdout.strip()
 
@@ -169,18 +379,52 @@ def running(deployment: Deployment, name: str) -> int:
     return wait_until(f"{name} running", lambda: deployment.running_pid(name))
 
 
+@functools.cache
+def _session_wheels() -> Path:
+    """Wheels of the checkout, built once per test run (removed when it ends)."""
+    from tests.support.vm_install import build_wheels  # noqa: PLC0415 (only for the VM)
+
+    wheels = STATE_PARENT / f"quay-test-wheels-{secrets.token_hex(4)}"
+    atexit.register(shutil.rmtree, wheels, ignore_errors=True)
+    build_wheels(wheels)
+    return wheels
+
+
+@contextlib.contextmanager
+def booted_host(kind: str) -> Iterator[Host]:
+    """A fresh host of ``kind``: a namespace host, or a guest booted from the installed layer
+    (quay as the checkout is, installed and enabled)."""
+    if kind == "namespace":
+        with systemd_host() as host:
+            yield NamespaceHost(host)
+        return
+    from tests.support import vm_install  # noqa: PLC0415 (only for the VM)
+
+    image = ensure_image()
+    wheels = _session_wheels()
+    layer = vm_install.installed_layer(image, wheels)
+    with vm.vm_host(image=image, base=layer) as guest:
+        vm_install.copy_checkout(guest, wheels)  # this run's tests package, for call()
+        yield guest
+
+
 @contextlib.contextmanager
 def deployed(
-    sd_notify: Path, units: Mapping[str, str] | None = None, *, start: bool = True
+    sd_notify: Path,
+    units: Mapping[str, str] | None = None,
+    *,
+    start: bool = True,
+    host: str = "namespace",
 ) -> Iterator[Deployment]:
-    """A throwaway systemd host with quayd installed as its packaged service, ``units`` written,
-    and (with ``start``) the service started; quayd is stopped before the host goes."""
-    with systemd_host() as host:
-        deployment = Deployment(host)
+    """A throwaway host (``namespace`` or ``vm``) with quayd installed as its packaged
+    service, ``units`` written, and (with ``start``) the service started; quayd is stopped
+    before the host goes."""
+    with booted_host(host) as inner:
+        deployment = Deployment(inner)
         deployment.install(sd_notify)
         for name, text in (units or {}).items():
             deployment.write(name, text)
         if start:
-            host.systemctl("start", "quayd")
+            inner.systemctl("start", "quayd")
         yield deployment
-        host.systemctl("stop", "quayd", check=False)
+        inner.systemctl("stop", "quayd", check=False)

@@ -48,7 +48,9 @@ import pytest
 
 SYSTEMD = Path("/lib/systemd/systemd")
 REPO = Path(__file__).resolve().parents[2]
-STATE_PARENT = Path("/var/lib")
+STATE_PARENT = Path(os.environ.get("QUAY_TEST_STATE_PARENT", "/var/lib"))
+"""Where host state dirs go: the machine's filesystem, or the tmpfs ``dev`` mounts where that
+cannot hold overlay upper dirs (``QUAY_TEST_STATE_PARENT``)."""
 BOOT_TIMEOUT = 60.0
 RESULT_MARK = "@@quay-host-result@@ "
 
@@ -71,6 +73,39 @@ class HostCallError(AssertionError):
     """A command or Python call inside the host failed; the message has its output."""
 
 
+def run_command(
+    argv: Sequence[str],
+    *,
+    where: str,
+    prefix: Sequence[str] = (),
+    check: bool = True,
+    timeout: float = 60.0,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``prefix + argv`` as a test host runs its commands: output captured as text, stdin
+    closed unless ``input`` is given, ``env`` added to this process's; with ``check``, a failure
+    raises HostCallError naming ``where`` and ``argv`` (without the prefix) and both outputs."""
+    done = subprocess.run(
+        [*prefix, *argv],
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+        cwd=cwd,
+        check=False,
+    )
+    if check and done.returncode != 0:
+        raise HostCallError(
+            f"{where}, {shlex.join(argv)} exited {done.returncode}\n"
+            f"--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+        )
+    return done
+
+
 @dataclass
 class SystemdHost:
     pid: int
@@ -84,7 +119,8 @@ class SystemdHost:
     def nsenter(self, *, cwd: Path | None = None) -> list[str]:
         return [
             "nsenter", "-t", str(self.pid), "-m", "-p", "-n", "-u", "-C",
-            f"--wd={cwd or REPO}",
+            # -r: the host's root directory, not its mount namespace's (in a chroot they differ)
+            "-r", f"--wd={cwd or REPO}",
         ]  # fmt: skip
 
     def run(
@@ -98,22 +134,15 @@ class SystemdHost:
         cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the host (its mount, pid, net, uts and cgroup namespaces)."""
-        done = subprocess.run(
-            [*self.nsenter(cwd=cwd), *argv],
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
+        return run_command(
+            argv,
+            prefix=self.nsenter(cwd=cwd),
+            where="inside the systemd host",
+            check=check,
             timeout=timeout,
-            env=None if env is None else {**os.environ, **env},
-            check=False,
+            input=input,
+            env=env,
         )
-        if check and done.returncode != 0:
-            raise HostCallError(
-                f"inside the systemd host, {shlex.join(argv)} exited {done.returncode}\n"
-                f"--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
-            )
-        return done
 
     def python(
         self, code: str, *args: str, check: bool = True, timeout: float = 60.0
@@ -179,8 +208,28 @@ def _hierarchies() -> list[_Hierarchy]:
     return found
 
 
-def _boot_script(group: str, hierarchies: Sequence[_Hierarchy]) -> str:
-    """Shell run by ``unshare --mount``: own cgroups, then the namespaces, then systemd."""
+def _pivot_script(mount_point: Path) -> list[str]:
+    """Make this root the root of the new mount namespace (pivot_root(2)'s "." "." recipe).
+
+    In a chroot the mount namespace's root stays the machine's: whatever later joins one of the
+    host's namespaces by setns (``crun exec``, ``nsenter``) would land at the machine's ``/``
+    and see its files and its /proc. After the pivot the chroot is the namespace's root. Done
+    on every boot, chroot or not (a sandbox may not let us look at PID 1's root to tell): one
+    path, the same everywhere."""
+    point = shlex.quote(str(mount_point))
+    return [
+        f"mkdir -p {point}",
+        f"mount --rbind / {point}",
+        f"cd {point}",
+        "pivot_root . .",
+        "umount -l .",
+        "cd /",
+    ]
+
+
+def _boot_script(group: str, hierarchies: Sequence[_Hierarchy], *, pivot_at: Path) -> str:
+    """Shell run by ``unshare --mount``: own cgroups, then the namespaces, then the root made
+    the namespace's own (mounted at ``pivot_at``, :func:`_pivot_script`), then systemd."""
     remount = [
         "umount -R /sys/fs/cgroup",
         "mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup",
@@ -193,6 +242,7 @@ def _boot_script(group: str, hierarchies: Sequence[_Hierarchy]) -> str:
     inner = "\n".join(
         [
             "set -e",
+            *_pivot_script(pivot_at),
             *remount,
             "for d in /run /tmp /var/tmp; do mount -t tmpfs -o mode=1777 tmpfs $d; done",
             "chmod 755 /run",
@@ -331,7 +381,7 @@ def systemd_host() -> Iterator[SystemdHost]:
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private",
-             "sh", "-c", _boot_script(group, _hierarchies())],
+             "sh", "-c", _boot_script(group, _hierarchies(), pivot_at=state_dir / "root")],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
