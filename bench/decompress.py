@@ -1,6 +1,7 @@
 """How fast can a gzip layer be inflated here? The options the unpacker could use, side by side.
 
     python -m bench decompress [--mb N] [--runs N]
+    python -m bench decompress --unpack [--baseline REV] ...   # apply_layer throughput (unpack.py)
 
 Inflates the same gzip stream (a layer-like mix of text and binary, about 3:1) with Python's zlib,
 ISA-L through the ``isal`` package (what quay uses), and by piping through ``unpigz`` and
@@ -65,6 +66,10 @@ def ensure_tools() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and "--unpack" in argv:
+        from bench import unpack  # noqa: PLC0415 - its own scenario, reached through this one
+
+        return unpack.main([arg for arg in argv if arg != "--unpack"])
     parser = argparse.ArgumentParser(prog="python -m bench decompress")
     parser.add_argument("--mb", type=int, default=200, help="uncompressed size")
     parser.add_argument("--runs", type=int, default=5)

@@ -17,6 +17,7 @@ import resource
 import stat
 import struct
 import tarfile
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,9 +25,15 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from quayd.images.errors import HostileLayerError, UnpackError
+from quayd.images.model import LayerRecord
+from quayd.images.pull import unpack_layer
+from quayd.images.store import Store
 from quayd.images.unpack import UnpackLimits, UnpackResult, apply_layer
+from tests.unit import test_tarstream as tarstream_blocks
 
 pytestmark = [
     pytest.mark.integration,
@@ -892,3 +899,176 @@ def test_cve_2019_14271_no_name_lookups_and_no_chroot(
     unpack(build([entry]), tmp_path)
     info = os.lstat(tmp_path / "owned")
     assert (info.st_uid, info.st_gid) == (1234, 5678)
+
+
+# --- the tar reader's own rules, end to end (issue 14) -------------------------------------------
+
+
+def test_pax_path_cannot_leave_the_layer(arena: Arena) -> None:
+    refused(arena, [E("decoy", data=b"x", pax={"path": "../x"})], HostileLayerError, r"'\.\.'")
+    refused(
+        arena,
+        [E("decoy", data=b"x", pax={"path": "a/../../outside/victim"})],
+        HostileLayerError,
+        r"'\.\.' component",
+    )
+    victim = str(arena.outside / "victim")
+    layer = arena.layer()
+    unpack(build([E("decoy", data=b"pwned", pax={"path": victim})]), layer)
+    assert (layer / victim.lstrip("/")).read_bytes() == b"pwned"  # absolute: inside the layer
+    assert not (layer / "decoy").exists()
+
+
+def test_pax_linkpath_of_a_hardlink_cannot_leave_the_layer(arena: Arena) -> None:
+    refused(
+        arena,
+        [E("h", tarfile.LNKTYPE, pax={"linkpath": "../outside/victim"})],
+        HostileLayerError,
+        r"'\.\.' component",
+    )
+    refused(
+        arena,
+        [E("h", tarfile.LNKTYPE, pax={"linkpath": str(arena.outside / "victim")})],
+        UnpackError,
+        "is not in this layer",
+    )
+
+
+def test_pax_size_that_disagrees_with_the_header_is_refused(arena: Arena) -> None:
+    # What tarfile never writes: a header size of 10 with a PAX size that covers the next entry
+    # too, so a reader trusting the header sees "smuggled" and one trusting PAX does not.
+    smuggled = tarstream_blocks.entry(b"smuggled", b"pwned")
+    raw = (
+        tarstream_blocks.pax({"size": str(10 + len(smuggled)).encode()})
+        + tarstream_blocks.header(b"f", size=10)
+        + tarstream_blocks.padded(b"0123456789")
+        + smuggled
+        + tarstream_blocks.END
+    )
+    size = 10 + len(smuggled)
+    refused(arena, raw, HostileLayerError, f"PAX size {size} disagrees with the header's 10")
+
+
+def test_gnu_long_name_split_across_blocks(tmp_path: Path) -> None:
+    long = "/".join(["component-" + "n" * 190] * 6)  # 1205 bytes: three blocks of 'L' data
+    link = "/".join(["target-" + "t" * 190] * 4)
+    raw = build([E(long, data=b"deep"), S("l", link), H("h", long)], fmt=tarfile.GNU_FORMAT)
+    assert raw.count(b"././@LongLink") == 3
+    unpack(gzip.compress(raw), tmp_path)
+    assert (tmp_path / long).read_bytes() == b"deep"
+    assert os.readlink(tmp_path / "l") == link
+    assert os.stat(tmp_path / "h").st_ino == os.stat(tmp_path / long).st_ino
+
+
+def test_unknown_entry_type_is_refused(arena: Arena) -> None:
+    raw = tarstream_blocks.entry(b"ok", b"1") + tarstream_blocks.header(b"odd", kind=b"Z")
+    refused(arena, raw + tarstream_blocks.END, UnpackError, "unsupported tar entry type b'Z'")
+
+
+def test_damaged_checksum_is_refused(arena: Arena) -> None:
+    raw = bytearray(build([E("first", data=b"x"), E("second", data=b"y")]))
+    second = raw.index(b"second")
+    raw[second + 1] ^= 0x01  # a one-bit flip in the name
+    refused(arena, bytes(raw), UnpackError, "corrupt after entry 'first': header checksum")
+
+
+def small_archive() -> tuple[bytes, int]:
+    """An archive of several kinds of entries, and where its end-of-archive marker ends."""
+    raw = build(
+        [
+            D("etc"),
+            E("etc/conf", data=b"c" * 700, pax={"mtime": f"{T0}.5"}),
+            S("etc/link", "conf"),
+            E("d/" + "n" * 120, data=b"long name"),
+            H("hard", "etc/conf"),
+        ]
+    )
+    end, pos = 0, 0
+    while any(raw[pos : pos + 512]):  # walk the honest headers to the marker
+        size = int(raw[pos + 124 : pos + 135], 8)
+        pos += 512 + size + -size % 512
+        end = pos
+    return raw, end + 1024
+
+
+def stored_layer(store: Store, blob: bytes, raw: bytes, name: str) -> LayerRecord:
+    """``blob`` in the store as a layer whose config would name ``raw``'s digest."""
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    store.put_blob(blob, digest)
+    return LayerRecord(
+        digest=digest,
+        size=len(blob),
+        media_type="application/vnd.oci.image.layer.v1.tar",
+        diff_id="sha256:" + hashlib.sha256(raw).hexdigest(),  # so only the unpacker can refuse
+        chain_id="sha256:" + hashlib.sha256(name.encode()).hexdigest(),
+    )
+
+
+@pytest.mark.parametrize("kind", ["none", "gzip"])
+def test_truncated_at_every_block_boundary_is_an_error_and_never_committed(
+    tmp_path: Path, kind: str
+) -> None:
+    raw, end = small_archive()
+    store = Store(tmp_path / "images")
+    for cut in range(0, end, 512):
+        layer = stored_layer(store, compress(raw[:cut], kind), raw[:cut], f"cut {cut}")
+        with pytest.raises(UnpackError):
+            unpack_layer(store, [layer], 0, image="truncated")
+        assert not store.has_layer(layer.chain_id), cut
+    assert list((tmp_path / "images" / "layers").iterdir()) == []  # no staging left either
+    whole = stored_layer(store, compress(raw[:end], kind), raw[:end], "whole")
+    root = unpack_layer(store, [whole], 0, image="whole")
+    assert (root / "etc/conf").read_bytes() == b"c" * 700
+
+
+def _fuzz_seed() -> bytes:
+    return build(
+        [
+            D("dir", 0o750),
+            E("dir/file", data=b"f" * 600, xattrs={"user.x": b"1"}),
+            S("dir/up", "../outside"),  # a symlink whose later use would escape
+            E("dir/" + "p" * 150, data=b"pax path"),
+            H("dir/hard", "dir/file"),
+            E("dir/.wh.gone"),
+            E("fifo", tarfile.FIFOTYPE),
+        ]
+    )
+
+
+FUZZ_SEED = _fuzz_seed()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    mutations=st.lists(
+        st.tuples(st.integers(0, len(FUZZ_SEED) - 1), st.integers(0, 255)), min_size=1, max_size=8
+    ),
+    fix=st.booleans(),
+    cut=st.none() | st.integers(0, len(FUZZ_SEED)),
+)
+def test_fuzz_mutated_layers_apply_inside_or_raise_our_error(
+    mutations: list[tuple[int, int]], fix: bool, cut: int | None
+) -> None:
+    # Byte replacements in an honest layer, with the mutated headers' checksums made right again
+    # half the time so the damage reaches the fields. Whatever comes out, the layer is applied or
+    # refused with our own error, and nothing beside the layer directory changes.
+    raw = bytearray(FUZZ_SEED)
+    for offset, value in mutations:
+        raw[offset] = value
+    if fix:
+        for start in range(0, len(raw), 512):
+            block = raw[start : start + 512]
+            if len(block) == 512 and block[257:262] == b"ustar":
+                block[148:156] = b" " * 8
+                raw[start + 148 : start + 156] = b"%06o\0 " % sum(block)
+    blob = bytes(raw if cut is None else raw[:cut])
+    with tempfile.TemporaryDirectory(prefix="quay-fuzz-") as scratch:
+        root = Path(scratch)
+        fuzz = Arena(root, root / "outside")
+        (fuzz.outside / "victimdir").mkdir(parents=True)
+        (fuzz.outside / "victim").write_text("precious\n")
+        before = fuzz.snapshot()
+        with contextlib.suppress(UnpackError):
+            unpack(blob, fuzz.layer())
+        assert fuzz.snapshot() == before
+        assert sorted(os.listdir(root)) == ["layer1", "outside"]

@@ -1,12 +1,14 @@
-"""Layer unpacking without a filesystem: sniffing, inflating, names, xattrs, times, PAX checks."""
+"""Layer unpacking without a filesystem: sniffing, inflating, names, xattrs, times, PAX records."""
 
 from __future__ import annotations
 
+import gc
 import gzip
 import hashlib
 import io
 import struct
 import tarfile
+import threading
 import time
 import zlib
 
@@ -14,12 +16,13 @@ import pytest
 import zstandard
 
 from quayd.images.errors import HostileLayerError, UnpackError
+from quayd.images.tarstream import TarHeader, TarReader
 from quayd.images.unpack import (
     LayerReader,
     archive_xattrs,
-    check_pax_records,
     detect_compression,
     entry_times_ns,
+    parse_pax_records,
     split_entry_name,
 )
 
@@ -252,13 +255,14 @@ def test_split_entry_name_refuses_nul_and_overlong() -> None:
 CAPABILITY = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)  # cap_net_raw+ep
 
 
-def roundtrip(info: tarfile.TarInfo) -> tarfile.TarInfo:
+def roundtrip(info: tarfile.TarInfo) -> TarHeader:
+    """Written by tarfile, read back by quay's own reader."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as archive:
         archive.addfile(info)
     buf.seek(0)
-    with tarfile.open(fileobj=buf, mode="r|", errors="surrogateescape") as archive:
-        member = archive.next()
+    reader = TarReader(buf, max_header_bytes=1 << 20, max_entries=10, max_entry_bytes=BIG)
+    member = reader.next()
     assert member is not None
     return member
 
@@ -272,7 +276,7 @@ def test_archive_xattrs_keeps_binary_values_exactly() -> None:
         "comment": "not an xattr",
     }
     member = roundtrip(info)
-    assert archive_xattrs(member.pax_headers, member.name) == [
+    assert archive_xattrs(member.pax, member.name) == [
         ("security.capability", CAPABILITY),
         ("user.note", "héllo".encode()),
     ]
@@ -283,12 +287,12 @@ def test_archive_xattrs_keeps_binary_values_exactly() -> None:
 )
 def test_archive_xattrs_refuses_trusted(name: str) -> None:
     with pytest.raises(HostileLayerError, match="trusted"):
-        archive_xattrs({f"SCHILY.xattr.{name}": "y"}, "some/dir")
+        archive_xattrs({f"SCHILY.xattr.{name}": b"y"}, "some/dir")
 
 
 def test_archive_xattrs_refuses_malformed_names() -> None:
     with pytest.raises(HostileLayerError, match="malformed xattr"):
-        archive_xattrs({"SCHILY.xattr.": "y"}, "x")
+        archive_xattrs({"SCHILY.xattr.": b"y"}, "x")
 
 
 def test_entry_times_from_pax_are_exact() -> None:
@@ -299,12 +303,11 @@ def test_entry_times_from_pax_are_exact() -> None:
 
 
 def test_entry_times_from_header_and_negative() -> None:
-    info = tarfile.TarInfo("f")
-    info.mtime = 1_234_567_890
+    info = TarHeader("f", mtime=1_234_567_890)
     assert entry_times_ns(info) == (1_234_567_890_000_000_000,) * 2
-    info.pax_headers = {"mtime": "-1.25"}
+    info.pax = {"mtime": b"-1.25"}
     assert entry_times_ns(info) == (-1_250_000_000,) * 2
-    info.pax_headers = {"mtime": "garbage"}
+    info.pax = {"mtime": b"garbage"}
     assert entry_times_ns(info) == (1_234_567_890_000_000_000,) * 2
 
 
@@ -319,10 +322,14 @@ def record(keyword: str, value: str) -> bytes:
     return str(length).encode() + body
 
 
-def test_check_pax_records_accepts_what_tarfile_writes() -> None:
+def test_parse_pax_records_accepts_what_tarfile_writes() -> None:
     good = record("path", "a" * 300) + record("mtime", "1600000000.5") + record("comment", "x=y")
-    check_pax_records(good)
-    check_pax_records(b"")
+    assert parse_pax_records(good) == {
+        "path": b"a" * 300,
+        "mtime": b"1600000000.5",
+        "comment": b"x=y",
+    }
+    assert parse_pax_records(b"") == {}
 
 
 @pytest.mark.parametrize(
@@ -336,15 +343,40 @@ def test_check_pax_records_accepts_what_tarfile_writes() -> None:
         b"11 path=ab\nJUNK",  # bytes after the last record
     ],
 )
-def test_check_pax_records_refuses_malformed(bad: bytes) -> None:
+def test_parse_pax_records_refuses_malformed(bad: bytes) -> None:
     with pytest.raises(HostileLayerError, match="malformed PAX"):
-        check_pax_records(bad)
+        parse_pax_records(bad)
 
 
-def test_check_pax_records_refuses_quadratic_digit_runs_quickly() -> None:
+def test_parse_pax_records_refuses_quadratic_digit_runs_quickly() -> None:
     """CVE-2024-6232: tarfile < 3.11.10 scans these with a backtracking regex for minutes."""
     header = record("comment", "1" * 200_000)
     started = time.monotonic()
     with pytest.raises(HostileLayerError, match="CVE-2024-6232"):
-        check_pax_records(header)
+        parse_pax_records(header)
     assert time.monotonic() - started < 1
+
+
+def hashing_threads() -> int:
+    return sum(t.name == "layer-sha256" for t in threading.enumerate())
+
+
+def wait_for_hashing_threads(count: int) -> None:
+    deadline = time.monotonic() + 5
+    while hashing_threads() != count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert hashing_threads() == count
+
+
+def test_the_hashing_thread_ends_on_close_and_when_the_reader_is_collected() -> None:
+    before = hashing_threads()
+    reader = LayerReader(io.BytesIO(gzip.compress(PAYLOAD)), max_bytes=BIG)
+    reader.drain()
+    assert reader.diff_id == "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
+    reader.close()
+    wait_for_hashing_threads(before)
+    forgotten = LayerReader(io.BytesIO(PAYLOAD), max_bytes=BIG)
+    assert PAYLOAD.startswith(forgotten.read(10))
+    del forgotten
+    gc.collect()
+    wait_for_hashing_threads(before)
