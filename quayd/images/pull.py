@@ -53,6 +53,7 @@ from quayd.images.model import (
     chain_ids,
     sha256_digest,
 )
+from quayd.images.ratelimit import RateLimiter
 from quayd.images.registry import InterruptedTransferError, RegistryClient, RetryPolicy
 from quayd.images.store import DEFAULT_MIN_FREE_BYTES, LAYER_ROOT, Ingest, Store, VerifyReport
 from quayd.images.unpack import DEFAULT_LIMITS, UnpackLimits, UnpackResult, apply_layer
@@ -106,8 +107,12 @@ def pull(
     min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     resume: RetryPolicy = DEFAULT_RESUME,
     limits: UnpackLimits = DEFAULT_LIMITS,
+    max_rate: int | None = None,
 ) -> ImageRecord:
     """Pull ``reference`` (normalised as Docker does) for ``platform`` (default: this host).
+
+    ``max_rate`` caps the layers' download rate in bytes per second, all threads together (an
+    update's background pull, ``[updates] bandwidth``); None: no cap.
 
     ``resume`` bounds the retries of a blob download that breaks off: each try resumes where
     the last stopped, and only tries that make no progress count against ``attempts``.
@@ -118,6 +123,7 @@ def pull(
     wanted = (platform or Platform.host()).normalized()
     name = str(image)
     job = _Job(store, client, image, _Reporter(name, progress), resume, max_concurrent, limits)
+    job.limiter = RateLimiter(max_rate) if max_rate is not None else None
     store.check_free_space(0, floor=min_free_bytes, what=f"pulling {name}")
     with store.pull_guard():
         manifest, manifest_raw, manifest_digest, from_index = _resolve(client, image, wanted)
@@ -159,6 +165,16 @@ def pull(
         )
         store.put_image(record)
     return record
+
+
+def resolve_digest(
+    reference: str, *, client: RegistryClient, platform: Platform | None = None
+) -> str:
+    """The digest of the manifest ``reference`` (a tag) points at now for ``platform``: what a
+    pull would record as ``manifest_digest``, read without downloading any layer (an update's
+    check: through an index, the platform's manifest, as the store keys images)."""
+    wanted = (platform or Platform.host()).normalized()
+    return _resolve(client, parse_reference(reference), wanted)[2]
 
 
 def repair(
@@ -265,6 +281,7 @@ class _Job:
     max_concurrent: int
     limits: UnpackLimits
     abort: threading.Event = field(default_factory=threading.Event)
+    limiter: RateLimiter | None = None
 
     def small_blob(self, descriptor: Descriptor, cap: int) -> bytes:
         """A config-sized blob in memory, checked against digest and size."""
@@ -435,6 +452,8 @@ class _Job:
                     raise VerificationError(f"{self.image}: {error} (from {blob.where})") from None
                 if feed is not None:
                     feed.grew(ingest.offset)
+                if self.limiter is not None:
+                    self.limiter.take(len(chunk))
                 if ingest.offset - reported >= _PROGRESS_STEP:
                     reported = ingest.offset
                     self.report(self._event(layer, "download", ingest.offset))
