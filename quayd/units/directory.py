@@ -8,16 +8,17 @@ backup never runs and never goes unnoticed.
 :func:`discover` and :func:`load_directory` read the disk; :func:`assemble` is pure.
 
 The agent loads its directory on every pass (hundreds while 100 units start); with a
-:class:`LoadCache` a file that did not change since the last load (same path, inode, size,
-mtime and ctime) is not read, parsed and validated again. The rules across units still run over
-the whole set each time (:func:`assemble`).
+:class:`LoadCache` a unit whose files hold the same bytes as at the last load is not parsed and
+validated again. The files are read each time: their bytes, not their metadata, say whether they
+changed (an in-place rewrite of the same size within the filesystem's timestamp granularity
+keeps size, inode, mtime and ctime, and a change must never be missed). The rules across units
+still run over the whole set each time (:func:`assemble`).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,10 @@ from quayd.units.findings import Finding, QuayConfigError, Severity
 from quayd.units.loader import (
     SourceFile,
     SourceMap,
+    decode_source,
     load_unit,
     problem_findings,
-    read_source,
+    read_bytes,
     sorted_findings,
 )
 from quayd.units.model import Unit
@@ -177,17 +179,21 @@ def _ignored(path: Path, *, is_dir: bool) -> Finding:
     )
 
 
-def load_files(files: UnitFiles) -> LoadedUnit | InvalidUnit:
-    """Read and validate one unit's content with its drop-ins.
+def load_files(
+    files: UnitFiles, contents: Sequence[bytes] | None = None
+) -> LoadedUnit | InvalidUnit:
+    """Read and validate one unit's content with its drop-ins (or validate ``contents``, their
+    bytes already read, in the same order).
 
     Per-unit rules only: the name (which comes from the file name) and the rules across units are
     the directory's business (:func:`load_directory`, :func:`assemble`).
     """
     findings: list[Finding] = []
     sources: list[SourceFile] = []
-    for path in (files.path, *files.dropins):
+    for index, path in enumerate((files.path, *files.dropins)):
         try:
-            sources.append(read_source(path))
+            data = read_bytes(path) if contents is None else contents[index]
+            sources.append(decode_source(path, data))
         except QuayConfigError as error:
             findings += error.findings
     if not findings:
@@ -236,40 +242,30 @@ def load_directory(directory: Path, cache: LoadCache | None = None) -> ConfigSna
     return assemble(directory, [_named(unit) for unit in loaded], warnings)
 
 
-FileKey = tuple[str, int, int, int, int]
-"""A file's identity for the cache: path, inode, size, mtime and ctime in nanoseconds."""
-
-RACY_NANOSECONDS = 50_000_000
-"""A file changed this recently when it was looked at may change again within the
-filesystem's timestamp granularity without its key changing (git's "racily clean" entries):
-its result is not kept, and the next load reads it again."""
-
-
 class LoadCache:
-    """Per unit: the keys of its files and what :func:`load_files` made of them.
+    """Per unit: its files' paths and bytes at the last load, and what :func:`load_files` made
+    of them. Keyed on content, so whatever the sequence of writes, the next load after a change
+    sees it (a half-written file read mid-write is parsed again once its bytes change).
 
     Safe to share between threads (a pass and a dry run may load at once).
     """
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[tuple[FileKey, ...], LoadedUnit | InvalidUnit]] = {}
+        self._entries: dict[str, tuple[_Contents, LoadedUnit | InvalidUnit]] = {}
         self._lock = threading.Lock()
 
     def load(self, files: UnitFiles) -> LoadedUnit | InvalidUnit:
-        """:func:`load_files`, or its earlier result when no file changed."""
-        now = time.time_ns()
-        keys = _keys(files)
-        if keys is not None:
-            with self._lock:
-                entry = self._entries.get(files.name)
-            if entry is not None and entry[0] == keys:
-                return entry[1]
-        result = load_files(files)
-        if keys is not None and not any(
-            max(key[3], key[4]) >= now - RACY_NANOSECONDS for key in keys
-        ):
-            with self._lock:
-                self._entries[files.name] = (keys, result)
+        """:func:`load_files`, or its earlier result when every file holds the same bytes."""
+        contents = _contents(files)
+        if contents is None:
+            return load_files(files)  # a file cannot be read: load_files says why
+        with self._lock:
+            entry = self._entries.get(files.name)
+        if entry is not None and entry[0] == contents:
+            return entry[1]
+        result = load_files(files, [data for _, data in contents])
+        with self._lock:
+            self._entries[files.name] = (contents, result)
         return result
 
     def keep(self, names: set[str]) -> None:
@@ -283,16 +279,19 @@ class LoadCache:
             return len(self._entries)
 
 
-def _keys(files: UnitFiles) -> tuple[FileKey, ...] | None:
-    """The keys of a unit's files; None when one cannot be looked at (then no caching)."""
-    keys = []
+_Contents = tuple[tuple[str, bytes], ...]
+"""A unit's files, in order: each path and its bytes."""
+
+
+def _contents(files: UnitFiles) -> _Contents | None:
+    """The bytes of a unit's files; None when one cannot be read (then no caching)."""
+    found = []
     for path in (files.path, *files.dropins):
         try:
-            found = os.stat(path)
-        except OSError:
+            found.append((str(path), read_bytes(path)))
+        except QuayConfigError:
             return None
-        keys.append((str(path), found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns))
-    return tuple(keys)
+    return tuple(found)
 
 
 def _named(loaded: LoadedUnit | InvalidUnit) -> LoadedUnit | InvalidUnit:

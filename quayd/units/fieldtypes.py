@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer
 from pydantic_core import PydanticCustomError
 
 from quayd.units import values
@@ -71,6 +71,14 @@ Size = Annotated[
     int,
     Accepts(values.SIZE_ACCEPTED),
     _parsed_by(values.parse_size),
+    PlainSerializer(values.format_size, return_type=str),
+]
+# An I/O limit in bytes per second; the kernel refuses 0 and 1 (blk-throttle: ERANGE, EINVAL).
+ByteRate = Annotated[
+    int,
+    Accepts('bytes per second: a size such as "10M" (10 MiB/s) or a whole number, at least 2'),
+    _parsed_by(values.parse_size),
+    Field(ge=2),
     PlainSerializer(values.format_size, return_type=str),
 ]
 Signal = Annotated[str, Accepts(values.SIGNAL_ACCEPTED), _parsed_by(values.parse_signal)]
@@ -135,6 +143,13 @@ Hostname = Annotated[
         _DNS_ACCEPTED + "; 64 characters in all",
         "hostname",
     ),
+]
+
+DEVICE_ACCEPTED = 'a block device path such as "/dev/sda" or "/dev/disk/by-id/NAME"'
+DevicePath = Annotated[
+    str,
+    Accepts(DEVICE_ACCEPTED),
+    _matching(r"/dev(?:/(?!\.\.?(?:/|$))[A-Za-z0-9_.:@+-]+)+", DEVICE_ACCEPTED, "device path"),
 ]
 
 _ENV_NAME_ACCEPTED = "a variable name without '=' or NUL, such as \"LOG_LEVEL\""

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from quayd.units.fieldtypes import (
     AbsolutePath,
     Accepts,
+    ByteRate,
     Capability,
+    DevicePath,
     DnsName,
     Duration,
     EnvName,
@@ -41,6 +43,8 @@ NetworkMode = Literal["bridge", "host", "none"]
 MountType = Literal["volume", "bind", "tmpfs"]
 PullPolicy = Literal["missing", "always"]
 OnUnhealthy = Literal["none", "restart"]
+UpdatePolicy = Literal["off", "registry", "local"]
+UpdateStrategy = Literal["download-then-replace", "replace-then-download", "stop-then-download"]
 
 
 class Table(BaseModel):
@@ -67,6 +71,8 @@ class ContainerTable(Table):
     cap_drop: list[Capability] = []
     sysctls: dict[SysctlName, SysctlValue] = {}
     labels: dict[str, str] = {}
+    user_namespaces: bool = False
+    init: bool = True
 
     @property
     def image_reference(self) -> ImageReference:
@@ -108,6 +114,15 @@ HEALTH_DEFAULTS = {
 }
 
 
+# The kernel refuses an I/O limit of 0 or 1 (blk-throttle: ERANGE, EINVAL) and caps operations
+# per second at 2**32 - 1.
+IoRate = Annotated[
+    int,
+    Field(ge=2, le=4_294_967_295),
+    Accepts("a whole number of operations per second, at least 2"),
+]
+
+
 class ResourcesTable(Table):
     memory: Size | None = None
     cpus: (
@@ -128,6 +143,19 @@ class ResourcesTable(Table):
         ]
         | None
     ) = None
+    io_weight: (
+        Annotated[
+            int,
+            Field(ge=1, le=10000),
+            Accepts("a whole number from 1 to 10000 (100 is the default share)"),
+        ]
+        | None
+    ) = None
+    # Per device (its path; the kernel limits whole disks): bytes per second, or operations.
+    device_read_bps: dict[DevicePath, ByteRate] = {}
+    device_write_bps: dict[DevicePath, ByteRate] = {}
+    device_read_iops: dict[DevicePath, IoRate] = {}
+    device_write_iops: dict[DevicePath, IoRate] = {}
 
 
 class NetworkTable(Table):
@@ -153,6 +181,14 @@ class ImageTable(Table):
     platform: Platform | None = None
 
 
+class UpdateTable(Table):
+    """Automatic updates of the unit's image (docs/units.md, "[update]")."""
+
+    policy: UpdatePolicy = "off"
+    strategy: UpdateStrategy = "download-then-replace"
+    rollback: bool = True
+
+
 class Unit(Table):
     """One container, as ``/etc/quay.d/NAME.toml`` (with its drop-ins merged) describes it."""
 
@@ -165,3 +201,4 @@ class Unit(Table):
     mounts: list[Mount] = []
     depends: DependsTable = Field(default_factory=DependsTable)
     image: ImageTable = Field(default_factory=ImageTable)
+    update: UpdateTable = Field(default_factory=UpdateTable)

@@ -21,6 +21,7 @@ from quayd.units.model import (
     ResourcesTable,
     RestartTable,
     Unit,
+    UpdateTable,
 )
 from quayd.units.tomlpos import KeyPath
 from quayd.units.values import PortMapping
@@ -254,6 +255,18 @@ def _mount_problems(mount: Mount) -> list[tuple[KeyPath, str, str | None]]:
     return problems
 
 
+def _check_update(container: ContainerTable, update: UpdateTable) -> list[Problem]:
+    if update.policy == "registry" and container.image_reference.digest is not None:
+        return [
+            Problem(
+                ("update", "policy"),
+                "the image is pinned by digest: the registry can never offer another one",
+                'a tag in container.image ("app:stable"), or policy = "off"',
+            )
+        ]
+    return []
+
+
 _RULES: list[tuple[tuple[str, ...], Callable[..., list[Problem]]]] = [
     (("container",), _check_container),
     (("container", "network"), _check_sysctls),
@@ -263,6 +276,7 @@ _RULES: list[tuple[tuple[str, ...], Callable[..., list[Problem]]]] = [
     (("resources",), _check_resources),
     (("network",), _check_network),
     (("mounts",), _check_mounts),
+    (("container", "update"), _check_update),
 ]
 
 

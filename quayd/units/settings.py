@@ -10,12 +10,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from quayd.units.fieldtypes import AbsolutePath, Accepts, Size, syntax_error
+from quayd.units.fieldtypes import AbsolutePath, Accepts, ByteRate, Duration, Size, syntax_error
 from quayd.units.findings import Finding, QuayConfigError
 from quayd.units.loader import parse_layers, read_source, validate
 from quayd.units.model import Table
@@ -123,6 +124,81 @@ class ImageSettings(Table):
     ] = 1_000_000
 
 
+_LISTEN_ACCEPTED = (
+    'an absolute path of a unix socket ("/run/quay/metrics.sock"), a TCP port (9464: on '
+    '127.0.0.1) or HOST:PORT ("0.0.0.0:9464", "[::1]:9464")'
+)
+
+
+def _listen(value: str) -> str:
+    """Canonical: the socket path, or ``HOST:PORT`` (``[V6]:PORT``) with the host filled in."""
+    if value.startswith("/"):
+        if len(value.encode()) > 107:  # sun_path holds 108 bytes with the terminating NUL
+            raise syntax_error("the socket path is longer than a unix socket's 107 bytes",
+                               _LISTEN_ACCEPTED)  # fmt: skip
+        return value
+    host, colon, port = value.rpartition(":")
+    if not colon:
+        host, port = "127.0.0.1", value
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise syntax_error("not a port from 1 to 65535", _LISTEN_ACCEPTED)
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise syntax_error(f"{host!r} is not an IP address", _LISTEN_ACCEPTED) from None
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    return f"{shown}:{int(port)}"
+
+
+MetricsListen = Annotated[str, Accepts(_LISTEN_ACCEPTED), AfterValidator(_listen)]
+
+
+class MetricsSettings(Table):
+    listen: MetricsListen | None = None
+    """Where quayd serves Prometheus metrics (docs/metrics.md); None: no metrics endpoint."""
+
+
+_WINDOW_ACCEPTED = 'a local time range "HH:MM-HH:MM", such as "02:00-04:00" (may wrap midnight)'
+
+
+def _window(value: str) -> str:
+    """Canonical ``HH:MM-HH:MM``; the end may be before the start (the window wraps midnight)."""
+    try:
+        start, end = (parse_clock(part) for part in value.split("-"))
+    except ValueError:
+        raise syntax_error("not a time range", _WINDOW_ACCEPTED) from None
+    if start == end:
+        raise syntax_error("the window is empty (start = end)", _WINDOW_ACCEPTED)
+    return f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+
+
+def parse_clock(text: str) -> int:
+    """Minutes after midnight of ``"HH:MM"``; ValueError when it is not a time of day."""
+    hours, colon, minutes = text.strip().partition(":")
+    if not colon or not (hours.isdigit() and minutes.isdigit()) or len(minutes) != 2:
+        raise ValueError(text)
+    if int(hours) > 23 or int(minutes) > 59:
+        raise ValueError(text)
+    return int(hours) * 60 + int(minutes)
+
+
+UpdateWindow = Annotated[str, Accepts(_WINDOW_ACCEPTED), AfterValidator(_window)]
+
+
+class UpdateSettings(Table):
+    """How often units with ``[update] policy = "registry"`` check their tag (docs/settings.md)."""
+
+    check_interval: Duration = timedelta(hours=1)
+    jitter: Duration = timedelta(minutes=15)
+    """Each check is delayed by up to this much, the same per unit and host, so a fleet does not
+    ask the registry at once (systemd's ``RandomizedDelaySec``, podman's timer uses 900 s)."""
+    window: UpdateWindow | None = None
+    """Updates (checks and replacements) only in this local time range; None: at any time."""
+    bandwidth: ByteRate | None = None
+    """Cap on the download rate of update pulls (bytes/s); a start's pull is never capped."""
+
+
 class Settings(Table):
     config_dir: AbsolutePath = "/etc/quay.d"
     state_dir: AbsolutePath = "/var/lib/quay"
@@ -136,6 +212,8 @@ class Settings(Table):
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     registries: RegistrySettings = Field(default_factory=RegistrySettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    updates: UpdateSettings = Field(default_factory=UpdateSettings)
 
 
 @dataclass(frozen=True)
