@@ -20,19 +20,16 @@ Exit status: known only to the init's parent, i.e. when this process became a su
 (:func:`runtime.become_subreaper`) before :func:`start`; otherwise ``code`` and ``signal`` are None
 ("unknown").
 
-OOM kills: the kernel counts them per memory cgroup (v1 ``memory.oom_control``, v2
-``memory.events``, line ``oom_kill N``). The count lives only as long as the cgroup does — under
-the systemd driver systemd removes the scope's cgroups as soon as the last process is gone, often
-before the exit is seen — so on cgroup v1 :func:`start` also registers an OOM eventfd
-(:class:`OomEvents`) between create and start, and the waits take its events in as they come.
-With neither the count nor the events, ``oom`` is None (unknown), never a guess.
+OOM kills: :func:`create` opens a watch on the init's memory cgroup (:mod:`oom`) between the
+runtime's create and start, so none is missed, and the waits take its events in as they come;
+the count read at exit is the other source. With neither, ``oom`` is None (unknown), never a
+guess.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import selectors
 import shutil
 import signal
@@ -40,10 +37,23 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+import structlog
 
 from quayd.atomicfile import replace_file
+from quayd.isolation.cgroups import (
+    CGROUP_ROOT,
+    Driver,
+    HostCgroups,
+    Usage,
+    block_devices,
+    host_cgroups,
+    usage,
+)
 from quayd.isolation.errors import IsolationError
+from quayd.isolation.oom import OomEvents, oom_kills, oom_verdict, watch_oom
+from quayd.isolation.resources import device_paths
 from quayd.isolation.rootfs import ROOTFS, mount_rootfs, mounts_below, unmount_rootfs
 from quayd.isolation.runtime import (
     ContainerNotFoundError,
@@ -70,10 +80,11 @@ CONFIG = "config.json"
 PID_FILE = "init.pid"
 KILL_TIMEOUT = 10.0
 """How long to wait for the init after SIGKILL before giving up (it cannot normally take long)."""
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 _NO_WAIT = 1e-6
 
-Driver = Literal["systemd", "cgroupfs"]
+log = structlog.get_logger("quayd.isolation")
+_WARNED: set[str] = set()
+"""Units told their io_weight is ignored here."""
 
 
 class ContainerError(IsolationError):
@@ -105,6 +116,10 @@ class ContainerConfig:
     """A terminal for the process (see :attr:`SpecInputs.terminal`); start it with a console
     socket."""
     console_size: tuple[int, int] | None = None
+    cgroups: HostCgroups | None = None
+    """The host's cgroup facts; None: looked up at :func:`prepare` (:func:`host_cgroups`)."""
+    init_binary: Path | None = None
+    """The host's static init, run as PID 1 when the unit's ``init`` is on (:mod:`init`)."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +202,16 @@ def prepare(
 def _spec_inputs(name: str, rootfs: Path, config: ContainerConfig) -> SpecInputs:
     unit = config.unit
     user = resolve_user(user_spec(unit, config.image), rootfs, image=unit.container.image)
+    cgroups = config.cgroups or host_cgroups()
+    if unit.resources.io_weight is not None and not cgroups.io_weight and name not in _WARNED:
+        # As Docker does with --blkio-weight there: the weight is dropped, the start goes on
+        # (said once per unit, not at every restart).
+        _WARNED.add(name)
+        log.warning(
+            "resources.io_weight is ignored: this kernel has no I/O weight for cgroups",
+            unit=name,
+            needs="cgroup v2 with io.cost, or cgroup v1 with blkio.weight (CFQ)",
+        )
     return SpecInputs(
         name=name,
         unit=unit,
@@ -205,6 +230,10 @@ def _spec_inputs(name: str, rootfs: Path, config: ContainerConfig) -> SpecInputs
         swap_limit=config.swap_limit,
         terminal=config.terminal,
         console_size=config.console_size,
+        init_binary=config.init_binary,
+        cgroups=cgroups,
+        # The numbers of the I/O limits' devices, looked up here, on the host.
+        devices=block_devices(device_paths(unit)),
     )
 
 
@@ -380,7 +409,7 @@ def finish(
     events: OomEvents | None,
 ) -> StopResult:
     """Read the OOM count while the cgroup exists, delete, unmount."""
-    count = oom_kills(container_id, _driver_of(runtime))
+    count = oom_kills(container_id)
     if events is not None:
         events.take()
     with contextlib.suppress(ContainerNotFoundError):
@@ -390,18 +419,12 @@ def finish(
     name = None
     if ended is not None and ended.signal is not None:
         name = _signal_name(ended.signal)
-    oom: bool | None = None
-    if (events is not None and events.seen) or (count is not None and count > 0):
-        oom = True
-    elif count is not None or events is not None:
-        oom = False
     return StopResult(
-        code=ended.code if ended is not None else None, signal=name, killed=killed, oom=oom
+        code=ended.code if ended is not None else None,
+        signal=name,
+        killed=killed,
+        oom=oom_verdict(count, events),
     )
-
-
-def _driver_of(runtime: Runtime) -> Driver:
-    return "systemd" if getattr(runtime, "systemd_cgroup", True) else "cgroupfs"
 
 
 def kill(runtime: Runtime, container_id: str, sig: int) -> None:
@@ -433,169 +456,6 @@ def _signal_name(number: int) -> str:
         return f"SIG{number}"
 
 
-# --- OOM kills -----------------------------------------------------------------------------------
-
-
-def oom_kills(name: str, driver: Driver, *, cgroup_root: Path = CGROUP_ROOT) -> int | None:
-    """How many processes the kernel OOM-killed in the container's cgroup; None when it is gone.
-
-    The cgroup is ``/quay.slice/quay-NAME.scope`` under both drivers (systemd names the scope
-    so). On cgroup v2 its ``memory.events`` counts the cgroups below it too. On v1 each memory
-    cgroup counts only its own kills (``memory.oom_control``), and crun under the systemd driver
-    puts the container in a ``container`` child of the scope, where it sets the limit: so the
-    counts of the scope and every cgroup below it are added up.
-    """
-    del driver  # the same path under both drivers; callers still say which one applies
-    scope = f"quay.slice/quay-{name}.scope"
-    memory = cgroup_root / "memory"
-    if not memory.is_dir():  # v2
-        return _oom_kill_field(cgroup_root / scope / "memory.events")
-    top = memory / scope
-    counts = [_oom_kill_field(top / "memory.oom_control")]
-    for directory, children, _ in os.walk(top):
-        counts += [_oom_kill_field(Path(directory, c, "memory.oom_control")) for c in children]
-    if counts[0] is None:
-        return None
-    return sum(count for count in counts if count is not None)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What a running container uses now, from its cgroup (``quayctl show``)."""
-
-    memory_bytes: int | None
-    cpu_seconds: float | None
-    pids: int | None
-
-
-def usage(name: str, *, cgroup_root: Path = CGROUP_ROOT) -> Usage | None:
-    """Memory, CPU time and process count of the container's scope; None when it is gone.
-
-    Read at the scope, which counts the cgroups below it (crun's ``container`` child on v1).
-    """
-    scope = f"quay.slice/quay-{name}.scope"
-    memory = cgroup_root / "memory"
-    if not memory.is_dir():  # v2: one hierarchy
-        top = cgroup_root / scope
-        if not top.is_dir():
-            return None
-        usec = _stat_field(top / "cpu.stat", "usage_usec")
-        return Usage(
-            memory_bytes=_int_file(top / "memory.current"),
-            cpu_seconds=usec / 1e6 if usec is not None else None,
-            pids=_int_file(top / "pids.current"),
-        )
-    if not (memory / scope).is_dir():
-        return None
-    nanoseconds = _int_file(cgroup_root / "cpuacct" / scope / "cpuacct.usage")
-    return Usage(
-        memory_bytes=_int_file(memory / scope / "memory.usage_in_bytes"),
-        cpu_seconds=nanoseconds / 1e9 if nanoseconds is not None else None,
-        pids=_int_file(cgroup_root / "pids" / scope / "pids.current"),
-    )
-
-
-def _int_file(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _stat_field(path: Path, key: str) -> int | None:
-    try:
-        text = path.read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name == key and value.strip().isdigit():
-            return int(value)
-    return None
-
-
-def _oom_kill_field(path: Path) -> int | None:
-    try:
-        text = path.read_text()
-    except OSError:  # gone (ENOENT), or removed while reading (ENODEV)
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "oom_kill":
-            return int(value)
-    return None
-
-
-class OomEvents:
-    """Readable when the kernel OOM-kills in the container's memory cgroup: no polling.
-
-    cgroup v1 only: an eventfd registered on the ``memory.oom_control`` of the memory cgroup the
-    init is in (from ``/proc/PID/cgroup``, so crun's ``container`` child too), as containerd does.
-    The kernel signals it at the OOM, while the cgroup still exists, and once more when the
-    cgroup is removed: an event is taken as an OOM only while the cgroup is still there. The
-    count read at exit (:func:`oom_kills`) remains the first source; this covers the systemd
-    driver, where systemd may remove the scope's cgroups before the exit is seen.
-    """
-
-    def __init__(self, cgroup: Path) -> None:
-        self.cgroup = cgroup
-        self.seen = False
-        control = os.open(cgroup / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            self._eventfd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-            try:
-                (cgroup / "cgroup.event_control").write_text(f"{self._eventfd} {control}")
-            except BaseException:
-                os.close(self._eventfd)
-                raise
-        finally:
-            os.close(control)
-
-    def fileno(self) -> int:
-        return self._eventfd
-
-    def take(self) -> bool:
-        """Read pending events; True (and ``seen`` set) when one was an OOM."""
-        try:
-            count = os.eventfd_read(self._eventfd)
-        except BlockingIOError:
-            return False
-        # Removal signals once; anything else is an OOM. With the cgroup gone, only a count
-        # above one proves an OOM (both arrived before this read).
-        if (self.cgroup / "memory.oom_control").exists() or count > 1:
-            self.seen = True
-        return self.seen
-
-    def close(self) -> None:
-        if self._eventfd >= 0:
-            os.close(self._eventfd)
-            self._eventfd = -1
-
-
-def watch_oom(pid: int, *, cgroup_root: Path = CGROUP_ROOT) -> OomEvents | None:
-    """OOM events of the memory cgroup ``pid`` is in (cgroup v1); None where not available.
-
-    Call it right after :func:`start` and pass the result to :func:`stop` or :func:`wait_exit`
-    (the caller closes it). On cgroup v2, or when the process or its cgroup is gone, None: the
-    count at exit is then all there is.
-    """
-    memory = cgroup_root / "memory"
-    if not memory.is_dir():
-        return None
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            try:
-                return OomEvents(memory / path.lstrip("/"))
-            except OSError:
-                return None
-    return None
-
-
 # --- remove --------------------------------------------------------------------------------------
 
 
@@ -613,3 +473,36 @@ def remove(bundle: Bundle, runtime: Runtime) -> None:
         )
     if bundle.directory.exists():
         shutil.rmtree(bundle.directory)
+
+
+# The cgroup and OOM parts moved to cgroups.py and oom.py; callers still find them here.
+__all__ = [
+    "CGROUP_ROOT",
+    "CONFIG",
+    "KILL_TIMEOUT",
+    "PID_FILE",
+    "Bundle",
+    "ContainerConfig",
+    "ContainerError",
+    "Created",
+    "Driver",
+    "OomEvents",
+    "Started",
+    "StopResult",
+    "Usage",
+    "abort",
+    "create",
+    "finish",
+    "kill",
+    "oom_kills",
+    "prepare",
+    "remove",
+    "signal_number",
+    "start",
+    "start_created",
+    "stop",
+    "usage",
+    "wait_exit",
+    "watch_oom",
+    "write_atomically",
+]

@@ -21,3 +21,7 @@ class EnvFileError(IsolationError):
 
 class SeccompProfileError(IsolationError):
     """A seccomp profile is malformed; quay refuses it rather than run without a filter."""
+
+
+class DeviceError(IsolationError):
+    """A device named in ``[resources]`` (an I/O limit) cannot be limited on this host."""

@@ -57,7 +57,6 @@ block ``create`` until then.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import enum
 import errno
@@ -76,6 +75,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from quayd.isolation.errors import IsolationError
+from quayd.isolation.exec_io import (
+    ExecGroup,
+    close_pipes,
+    communicate,
+    process_file,
+    reap_stray_zombies,
+)
+from quayd.isolation.exec_process import ExecProcessError, exec_process
 
 DEFAULT_RUN_DIR = Path("/run/quay")
 JOURNAL_STDOUT_SOCKET = Path("/run/systemd/journal/stdout")
@@ -290,53 +297,99 @@ class OciRuntime:
     ) -> subprocess.CompletedProcess[bytes]:
         """Run ``argv`` in the running container and wait for it; output is captured.
 
-        The returned ``returncode`` is the command's. On ``timeout`` the command is SIGKILLed
-        (its pid comes from the runtime's ``--pid-file``; killing only the runtime process would
-        leave it running inside the container), and :class:`RuntimeCommandError` is raised.
-        Processes the command started itself may remain, as after ``docker exec``.
+        The process is the container's own with ``argv`` (:func:`exec_process.exec_process`:
+        its no_new_privs, capabilities, rlimits, user and environment), given to the runtime as
+        ``--process``. The returned ``returncode`` is the command's. On ``timeout`` the command
+        is SIGKILLed (its pid comes from the runtime's ``--pid-file``; killing only the runtime
+        process would leave it running inside the container), and :class:`RuntimeCommandError`
+        is raised. Either way, once it ends, what is left of its process group (its background
+        children) is SIGKILLed too, unlike after ``docker exec``: they would stay in the
+        container for good, holding its pids limit. A process that left the group (``setsid``)
+        stays.
         """
-        _check_id(container_id)
-        if not argv:
-            raise RuntimeCommandError("exec needs a command")
-        options: list[str] = []
-        for key, value in (env or {}).items():
-            options += ["--env", f"{key}={value}"]
-        if cwd is not None:
-            options += ["--cwd", cwd]
-        if user is not None:
-            options += ["--user", user]
+        process = self.exec_process(container_id, argv, env=env, cwd=cwd, user=user)
         self.root.mkdir(parents=True, exist_ok=True)
         pid_file = self.root / f".exec-{container_id}-{os.getpid()}-{threading.get_native_id()}"
-        options += ["--pid-file", str(pid_file)]
-        command = [*self._global(), "exec", *options, container_id, *argv]
+        process_fd = process_file(process)
+        command = [
+            *self._global(), "exec", "--process", f"/proc/self/fd/{process_fd}",
+            "--pid-file", str(pid_file), container_id,
+        ]  # fmt: skip
         try:
-            return subprocess.run(
+            runner = subprocess.Popen(
                 command,
-                input=stdin,
-                stdin=None if stdin is not None else subprocess.DEVNULL,
-                capture_output=True,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=_runtime_env(),
-                timeout=timeout,
-                check=False,
+                pass_fds=(process_fd,),
             )
+        except OSError as error:
+            os.close(process_fd)
+            pid_file.unlink(missing_ok=True)
+            raise RuntimeCommandError(f"cannot run {self.binary}: {error}") from error
+        group = ExecGroup(pid_file)
+        try:
+            stdout, stderr = communicate(runner, stdin, timeout, group=group)
         except subprocess.TimeoutExpired as error:
-            _kill_pid_in(pid_file)
+            group.kill()
+            # The runtime reaps the command and exits; killed only if it does not, since the
+            # command's zombie would otherwise pass to quayd and hold the container's end.
+            try:
+                runner.wait(timeout=COMMAND_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                runner.kill()
+                runner.wait()
+            close_pipes(runner)
             raise RuntimeCommandError(
                 f"{self.name} exec in {container_id}: {argv[0]} took over {timeout} s (killed)"
             ) from error
-        except OSError as error:
-            raise RuntimeCommandError(f"cannot run {self.binary}: {error}") from error
         finally:
+            os.close(process_fd)
             pid_file.unlink(missing_ok=True)
+            reap_stray_zombies()
+        return subprocess.CompletedProcess(command, runner.returncode, stdout, stderr)
 
-    def exec_argv(self, container_id: str, argv: Sequence[str], *, tty: bool = False) -> list[str]:
-        """The command line that runs ``argv`` in the container attached to the caller's own
-        stdio (``quayctl exec -it`` executes it): with ``tty``, the runtime makes a terminal in
-        the container and relays it to the caller's. Pure: nothing is run."""
+    def exec_process(
+        self,
+        container_id: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        terminal: bool = False,
+    ) -> dict[str, Any]:
+        """The OCI process of an exec of ``argv``: the container's own (read from the
+        ``config.json`` of its bundle) with ``argv`` and the given changes."""
         _check_id(container_id)
         if not argv:
             raise RuntimeCommandError("exec needs a command")
-        return [*self._global(), "exec", *(["--tty"] if tty else []), container_id, *argv]
+        state = self.state(container_id)
+        if state is None:
+            raise ContainerNotFoundError(f"{self.name} has no container {container_id}")
+        config = state.bundle / "config.json"
+        try:
+            spec = json.loads(config.read_bytes())
+        except (OSError, ValueError) as error:
+            raise RuntimeCommandError(
+                f"exec in {container_id}: cannot read the container's {config}: {error}"
+            ) from error
+        if not isinstance(spec, dict):
+            raise RuntimeCommandError(f"exec in {container_id}: {config} is not a JSON object")
+        try:
+            return exec_process(spec, argv, env=env, cwd=cwd, user=user, terminal=terminal)
+        except ExecProcessError as error:
+            raise RuntimeCommandError(f"exec in {container_id}: {error}") from error
+
+    def exec_argv(self, container_id: str, process_path: str, *, tty: bool = False) -> list[str]:
+        """The command line that runs the process in ``process_path`` (:meth:`exec_process`,
+        written with :func:`process_file`) in the container attached to the caller's own stdio
+        (``quayctl exec -it`` executes it): with ``tty``, the runtime makes a terminal in the
+        container and relays it to the caller's. Pure: nothing is run."""
+        _check_id(container_id)
+        tty_option = ["--tty"] if tty else []
+        return [*self._global(), "exec", *tty_option, "--process", process_path, container_id]
 
     # --- plumbing --------------------------------------------------------------------------------
 
@@ -504,16 +557,6 @@ def _clean_stderr(text: str) -> str:
     # runc prefixes its messages with a logrus header: time="…" level=error msg="…"
     cleaned = [re.sub(r'^time="[^"]*" level=\w+ msg="(.*)"$', r"\1", line) for line in lines]
     return "; ".join(cleaned) or "no message"
-
-
-def _kill_pid_in(pid_file: Path) -> None:
-    """SIGKILL the process whose pid the runtime wrote (gone already: nothing to do)."""
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 # --- process lifetime ----------------------------------------------------------------------------

@@ -9,15 +9,19 @@ always give the same document (its hash can tell whether a running container is 
 The defaults are Docker's, or stricter where noted:
 
 - namespaces: pid, mount, uts, ipc, cgroup, and network unless ``network.mode = "host"``;
-- Docker's 14 default capabilities, ``cap_drop`` then ``cap_add`` applied as Docker applies them,
-  in the bounding, effective and permitted sets; inheritable and ambient empty (as Docker since
+- podman's 11 default capabilities (Docker's 14 without NET_RAW, MKNOD and AUDIT_WRITE),
+  ``cap_drop`` then ``cap_add`` applied as Docker applies them, in the bounding, effective and
+  permitted sets; inheritable and ambient empty (as Docker since
   CVE-2022-24769); ``noNewPrivileges``;
 - masked and read-only /proc and /sys paths as Docker's (``/proc/asound`` masked, as Docker does,
   which is stricter than runc's read-only);
 - /dev a small tmpfs with only the devices the runtime creates (null, zero, full, random,
   urandom, tty, ptmx, pts) and a device cgroup that denies everything else;
 - /sys and /sys/fs/cgroup read-only; /dev/shm 64 MiB, ``noexec``;
-- RLIMIT_NOFILE soft 1024, hard 524288 (see ``RLIMITS``).
+- RLIMIT_NOFILE soft 1024, hard 524288 (see ``RLIMITS``);
+- no new user namespaces inside (the seccomp filter, as Docker's; ``user_namespaces`` allows);
+- PID 1 a small init that runs the command, forwards signals and reaps orphans (:mod:`init`),
+  as ``docker run --init``; ``init = false`` runs the command as PID 1.
 """
 
 from __future__ import annotations
@@ -25,28 +29,38 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from quayd.isolation.cgroups import HostCgroups
 from quayd.isolation.environment import DEFAULT_PATH, container_env
 from quayd.isolation.errors import SpecError
+from quayd.isolation.init import INIT_PATH, with_init
+from quayd.isolation.resources import SYSTEMD_PROPERTY, linux_resources, systemd_properties
 from quayd.isolation.seccomp import kernel_version, native_arch, oci_seccomp
 from quayd.isolation.seccomp_bpf import annotation as seccomp_bpf_annotation
+from quayd.isolation.seccomp_userns import refuse_user_namespaces
 from quayd.isolation.users import ResolvedUser
 from quayd.units.model import Mount, Unit
 from quayd.units.values import CAPABILITIES, ValueSyntaxError, parse_signal
 
 OCI_VERSION = "1.0.2"
 
-# Docker's default capability set (moby oci/caps/defaults.go).
+# podman's default capability set (containers.conf's default_capabilities since podman 4.0):
+# Docker's (moby oci/caps/defaults.go) without the three below, which few services need and which
+# each widen what a compromised container can do. A unit gets any of them back with cap_add.
 DEFAULT_CAPABILITIES = frozenset(
     {
-        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
-        "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_SETGID",
+        "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
+        "CAP_KILL",
     }
 )  # fmt: skip
+# In Docker's set, not in quay's: raw and packet sockets (ping, ARP and DHCP spoofing on the
+# bridge), device nodes (the device cgroup is then the only barrier to a disk's node), and
+# writes to the host's audit log.
+DOCKER_ONLY_CAPABILITIES = frozenset({"CAP_NET_RAW", "CAP_MKNOD", "CAP_AUDIT_WRITE"})
 
 # RLIMIT_NOFILE: soft 1024, hard 524288 — what Docker 25+ containers get (dockerd's and
 # containerd's units no longer raise it to infinity) and what systemd gives its services. A soft
@@ -63,8 +77,6 @@ MASKED_PATHS = (
 )  # fmt: skip
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
-CPU_PERIOD = 100_000  # microseconds, as Docker's --cpus
-MIN_CPU_QUOTA = 1000  # the kernel refuses a CFS quota under 1 ms
 SHM_SIZE = 64 << 20  # Docker's default --shm-size
 
 # Where quay's sd_notify socket directory appears in the container, and the socket's name in it.
@@ -73,10 +85,6 @@ NOTIFY_SOCKET_NAME = "notify.sock"
 
 UNIT_ANNOTATION = "org.quay.unit"
 IMAGE_ANNOTATION = "org.quay.image"
-# crun and runc pass ``org.systemd.property.NAME`` annotations to systemd when they start the
-# container's scope (``--systemd-cgroup`` only). The value is GVariant text; numbers need their
-# type ("uint64 N"), as both runtimes would otherwise send an int32.
-SYSTEMD_PROPERTY = "org.systemd.property."
 
 # Mount targets a unit cannot use (the tree below each too, except below /dev): the runtime's own
 # mounts there make anything else meaningless, and runc refuses most mounts under /proc anyway,
@@ -140,11 +148,19 @@ class SpecInputs:
     """Whether the host's memory cgroup can limit swap (v1: ``memory.memsw.*`` exists). Without
     it the runtimes fail to write the swap limit, so the memory limit is set alone (as Docker
     does on such hosts)."""
+    cgroups: HostCgroups = field(default_factory=HostCgroups)
+    """The host's cgroup layout and what its kernel can limit (:func:`cgroups.host_cgroups`)."""
+    devices: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """Major and minor number of each device path the unit's I/O limits name
+    (:func:`cgroups.block_devices` of :func:`resources.device_paths`)."""
     terminal: bool = False
     """Give the process a terminal (``quayctl run -t``): the runtime makes a pty in the container
     and hands its master over the console socket; ``TERM`` defaults to ``xterm``."""
     console_size: tuple[int, int] | None = None
     """The terminal's first size, (rows, columns), with ``terminal`` (the client's window)."""
+    init_binary: Path | None = None
+    """The host's static init (:func:`init.find_init`): with the unit's ``init`` (the default)
+    it is bound at :data:`init.INIT_PATH` and runs the command as PID 1. None: no init."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +194,7 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         "process": {
             **process,
             "user": _user(inputs.user),
-            "args": process_args(unit, inputs.image),
+            "args": _with_init(inputs, process_args(unit, inputs.image)),
             "env": _env(inputs, hostname),
             "cwd": _cwd(container.workdir, inputs.image.working_dir),
             "capabilities": {
@@ -197,7 +213,7 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         "annotations": {
             UNIT_ANNOTATION: inputs.name,
             IMAGE_ANNOTATION: container.image,
-            **(systemd_properties(unit) if inputs.cgroup_driver == "systemd" else {}),
+            **(_scope_properties(inputs) if inputs.cgroup_driver == "systemd" else {}),
             **_seccomp_bpf(inputs),
         },
         "linux": _linux(inputs),
@@ -221,8 +237,17 @@ def process_args(unit: Unit, image: ImageDefaults) -> list[str]:
     return argv
 
 
+def uses_init(inputs: SpecInputs) -> bool:
+    """Whether the container's PID 1 is the init: the unit wants it and the host has one."""
+    return inputs.unit.container.init and inputs.init_binary is not None
+
+
+def _with_init(inputs: SpecInputs, argv: list[str]) -> list[str]:
+    return with_init(argv) if uses_init(inputs) else argv
+
+
 def capabilities_for(unit: Unit) -> frozenset[str]:
-    """Docker's default set with ``cap_drop`` and ``cap_add`` applied as Docker applies them.
+    """The default set with ``cap_drop`` and ``cap_add`` applied as Docker applies them.
 
     ``cap_add = ["ALL"]`` gives every capability except those in ``cap_drop``;
     ``cap_drop = ["ALL"]`` gives exactly ``cap_add``; otherwise the defaults minus ``cap_drop``
@@ -238,15 +263,15 @@ def capabilities_for(unit: Unit) -> frozenset[str]:
 
 def seccomp_for(unit: Unit, profile: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The OCI seccomp filter of ``unit`` on this host: ``profile`` (containers-common form)
-    converted for this architecture, kernel and the unit's capabilities; None without one."""
+    converted for this architecture, kernel and the unit's capabilities, new user namespaces
+    refused unless the unit allows them (:mod:`seccomp_userns`); None without a profile."""
     if profile is None:
         return None
-    return oci_seccomp(
-        profile,
-        arch=native_arch(),
-        capabilities=capabilities_for(unit),
-        kernel=kernel_version(),
-    )
+    arch, capabilities = native_arch(), capabilities_for(unit)
+    converted = oci_seccomp(profile, arch=arch, capabilities=capabilities, kernel=kernel_version())
+    if unit.container.user_namespaces or "CAP_SYS_ADMIN" in capabilities:
+        return converted
+    return refuse_user_namespaces(converted, arch=arch)
 
 
 def user_spec(unit: Unit, image: ImageDefaults) -> str:
@@ -267,42 +292,6 @@ def stop_signal(unit: Unit, image: ImageDefaults) -> str:
                 "set container.stop_signal in the unit"
             ) from None
     return "SIGTERM"
-
-
-def cpu_shares(weight: int) -> int:
-    """cgroup v1 ``cpu.shares`` (2..262144) for a cgroup v2 ``cpu.weight`` (1..10000).
-
-    OCI has only ``shares``; on cgroup v2 crun (1.8) and runc (before 1.3.2) write
-    ``cpu.weight = 1 + ((shares - 2) * 9999) // 262142``. This is the inverse of that, rounded
-    up so that the runtime's integer division gives back exactly ``weight``. (systemd's own v1
-    mapping is ``weight * 1024 / 100``; it would make weight 100 come back as 39 on v2.) On v1
-    the shares keep the ratios between containers: 100 → 2598, 200 → 5220.
-    """
-    if not 1 <= weight <= 10000:
-        raise SpecError(f"cpu_weight {weight} is outside 1 to 10000")
-    return 2 + -((-(weight - 1) * 262142) // 9999)
-
-
-def systemd_properties(unit: Unit) -> dict[str, str]:
-    """The scope properties that make the unit's limits visible to ``systemctl show``.
-
-    As annotations crun and runc pass to systemd's StartTransientUnit: ``MemoryMax`` and
-    ``TasksMax`` in bytes and tasks, ``CPUQuotaPerSecUSec`` (CPU time per second of wall time:
-    ``cpus`` x 1 s; systemd shows it as ``CPUQuotaPerSecUSec=500ms``) and ``CPUWeight`` (1 to
-    10000, shown as is; on cgroup v1 systemd maps it to ``cpu.shares``). The runtimes still write
-    ``linux.resources`` into the cgroup files themselves.
-    """
-    limits = unit.resources
-    properties: dict[str, str] = {}
-    if limits.memory is not None:
-        properties["MemoryMax"] = f"uint64 {limits.memory}"
-    if limits.pids is not None:
-        properties["TasksMax"] = f"uint64 {limits.pids}"
-    if limits.cpus is not None:
-        properties["CPUQuotaPerSecUSec"] = f"uint64 {round(limits.cpus * 1_000_000)}"
-    if limits.cpu_weight is not None:
-        properties["CPUWeight"] = f"uint64 {limits.cpu_weight}"
-    return {SYSTEMD_PROPERTY + key: value for key, value in properties.items()}
 
 
 def cgroups_path(name: str, driver: Literal["systemd", "cgroupfs"]) -> str:
@@ -426,6 +415,11 @@ def _mounts(inputs: SpecInputs) -> list[dict[str, Any]]:
     if inputs.notify_socket_dir is not None:
         notify_options = ["bind", "rprivate", "nosuid", "nodev", "noexec"]
         own.append(_bind(str(inputs.notify_socket_dir), NOTIFY_DIR, notify_options))
+    if uses_init(inputs):
+        # On the runtime's /dev tmpfs: the mount point is made there, not in the image's root
+        # or a volume (units cannot mount at /dev). Read-only, and executable: no noexec.
+        init_options = ["bind", "rprivate", "nosuid", "nodev", "ro"]
+        own.append(_bind(str(inputs.init_binary), INIT_PATH, init_options))
     # Parents before children (Docker sorts by depth), so /srv then /srv/data; stable otherwise.
     own.sort(key=lambda m: _depth(m["destination"]))
     return defaults + own
@@ -496,7 +490,13 @@ def _linux(inputs: SpecInputs) -> dict[str, Any]:
     linux: dict[str, Any] = {
         "namespaces": _namespaces(inputs),
         "cgroupsPath": cgroups_path(inputs.name, inputs.cgroup_driver),
-        "resources": _resources(inputs.unit, swap_limit=inputs.swap_limit),
+        "resources": linux_resources(
+            inputs.unit,
+            driver=inputs.cgroup_driver,
+            cgroups=inputs.cgroups,
+            swap_limit=inputs.swap_limit,
+            devices=inputs.devices,
+        ),
         "sysctl": _sysctls(inputs.unit),
         "devices": [],
         "maskedPaths": list(MASKED_PATHS),
@@ -505,6 +505,15 @@ def _linux(inputs: SpecInputs) -> dict[str, Any]:
     if inputs.seccomp is not None:
         linux["seccomp"] = inputs.seccomp
     return linux
+
+
+def _scope_properties(inputs: SpecInputs) -> dict[str, str]:
+    limits = systemd_properties(inputs.unit, cgroups=inputs.cgroups, swap_limit=inputs.swap_limit)
+    # At shutdown systemd stops every scope itself (SIGTERM, then SIGKILL after the scope's
+    # TimeoutStopSec, 90 s by default): a PID 1 that ignores SIGTERM, as many do, would hold the
+    # host's reboot for 90 s. The unit's stop_timeout is what quay itself would wait.
+    stop_usec = round(inputs.unit.container.stop_timeout.total_seconds() * 1_000_000)
+    return {**limits, f"{SYSTEMD_PROPERTY}TimeoutStopUSec": f"uint64 {stop_usec}"}
 
 
 def _seccomp_bpf(inputs: SpecInputs) -> dict[str, str]:
@@ -526,32 +535,6 @@ def _namespaces(inputs: SpecInputs) -> list[dict[str, str]]:
     else:
         namespaces.append({"type": "network"})  # "none": a new one, loopback only
     return namespaces
-
-
-def _resources(unit: Unit, *, swap_limit: bool) -> dict[str, Any]:
-    limits = unit.resources
-    # Every device denied; the runtimes then allow their standard set (null, zero, full, random,
-    # urandom, tty, console, ptmx, pts) after this rule, as for Docker and Podman.
-    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
-    if limits.memory is not None:
-        # swap = memory: memory+swap capped at the limit, so no swap on top. (Docker's --memory
-        # alone allows as much swap again, which hides a too-small limit behind a slow host.)
-        resources["memory"] = {"limit": limits.memory}
-        if swap_limit:
-            resources["memory"]["swap"] = limits.memory
-    cpu: dict[str, Any] = {}
-    if limits.cpus is not None:
-        quota = round(limits.cpus * CPU_PERIOD)
-        if quota < MIN_CPU_QUOTA:
-            raise SpecError(f"resources.cpus = {limits.cpus} is below the kernel's minimum, 0.01")
-        cpu.update(quota=quota, period=CPU_PERIOD)
-    if limits.cpu_weight is not None:
-        cpu["shares"] = cpu_shares(limits.cpu_weight)
-    if cpu:
-        resources["cpu"] = cpu
-    if limits.pids is not None:
-        resources["pids"] = {"limit": limits.pids}
-    return resources
 
 
 def _sysctls(unit: Unit) -> dict[str, str]:

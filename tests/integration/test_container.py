@@ -37,8 +37,16 @@ from quayd.isolation.container import (
     wait_exit,
     write_atomically,
 )
+from quayd.isolation.exec_io import process_file
+from quayd.isolation.init import INIT_PATH, find_init
 from quayd.isolation.rootfs import mounts_below
-from quayd.isolation.runtime import ExitWatcher, OciRuntime, become_subreaper, open_log_file
+from quayd.isolation.runtime import (
+    ExitWatcher,
+    OciRuntime,
+    RuntimeCommandError,
+    become_subreaper,
+    open_log_file,
+)
 from quayd.isolation.seccomp import load_default_profile
 from quayd.isolation.spec import EtcFiles, ImageDefaults, seccomp_for
 from quayd.units.model import Unit
@@ -51,13 +59,18 @@ Driver = Literal["systemd", "cgroupfs"]
 RUN_DIR = "/run/quay"  # inside the host: its private /run
 CGROUP = Path("/sys/fs/cgroup")
 READY = "@@ready@@"
-DOCKER_CAPEFF = "00000000a80425fb"
+DEFAULT_CAPEFF = "00000000800405fb"  # podman's 11
 
 # The container reports what it sees, says it is ready, then idles until stopped.
 PROBE = (
     'echo "pid=$$"; echo "hostname=$(hostname)"; '
     "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/1/status | sed -E 's/:[[:space:]]+/=/'; "
     f"echo {READY}; "
+)
+# What a process started by exec reports about itself (health checks and quayctl exec alike).
+SELF_STATUS = (
+    "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status "
+    "| sed -E 's/:[[:space:]]+/=/'; echo uid=$(id -u); echo nofile=$(ulimit -n)"
 )
 ON_TERM_EXIT = "trap 'exit 143' TERM; while :; do sleep 0.1; done"
 IGNORE_TERM = 'trap "" TERM; while :; do sleep 0.1; done'
@@ -73,8 +86,15 @@ def _runtime(name: str, driver: Driver) -> OciRuntime:
 
 
 def _config(
-    state_dir: Path, name: str, driver: Driver, resources: dict[str, Any], script: str
+    state_dir: Path,
+    name: str,
+    driver: Driver,
+    resources: dict[str, Any],
+    script: str,
+    *,
+    init: bool | None = None,
 ) -> ContainerConfig:
+    """``init`` None: no init binary given (the unit's default ``init`` then does nothing)."""
     unit = Unit.model_validate(
         {
             "container": {
@@ -82,6 +102,7 @@ def _config(
                 "command": ["/bin/sh", "-c", script],
                 "hostname": f"h-{name}"[:63],
                 "stop_timeout": "2s",
+                **({"init": init} if init is not None else {}),
             },
             "resources": resources,
             "network": {"mode": "none"},
@@ -103,6 +124,7 @@ def _config(
         seccomp=seccomp_for(unit, profile),
         nofile_ceiling=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         swap_limit=not memory.is_dir() or (memory / "memory.memsw.limit_in_bytes").exists(),
+        init_binary=find_init() if init is not None else None,
     )
 
 
@@ -158,6 +180,7 @@ def inside_run(
     resources: dict[str, Any],
     action: Literal["stop", "wait"],
     ready: bool = True,
+    exec_script: str | None = None,
 ) -> dict[str, Any]:
     """Prepare, start, look at it while it runs, then stop it or wait for its end."""
     become_subreaper()
@@ -180,7 +203,9 @@ def inside_run(
             seen["log"] = _wait_for_log(log, READY)
             seen["scope"] = _scope(name)
             seen["cgroup"] = _cgroup_files(name)
-            seen["oom_kills_running"] = oom_kills(name, driver)
+            seen["oom_kills_running"] = oom_kills(name)
+        if exec_script is not None:
+            seen["exec"] = _exec_both_ways(driver_runtime, name, exec_script)
         began = time.monotonic()
         result: StopResult | None
         if action == "stop":
@@ -201,6 +226,113 @@ def inside_run(
             started.oom_events.close()
     seen["result"] = _result(result)
     seen["log"] = log.read_text(errors="replace")
+    return seen
+
+
+def _exec_both_ways(runtime: OciRuntime, name: str, script: str) -> dict[str, str]:
+    """``script`` run as the agent runs an exec (API, health checks) and as ``quayctl exec -i``
+    does (the runtime's command line, its process in an inherited memfd)."""
+    done = runtime.exec(name, ["/bin/sh", "-c", script], timeout=20)
+    process = runtime.exec_process(name, ["/bin/sh", "-c", script])
+    fd = process_file(process)
+    try:
+        attached = subprocess.run(
+            runtime.exec_argv(name, f"/proc/self/fd/{fd}"),
+            capture_output=True,
+            text=True,
+            timeout=20,
+            pass_fds=(fd,),
+            check=False,
+        )
+    finally:
+        os.close(fd)
+    return {
+        "api": done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace"),
+        "attached": attached.stdout + attached.stderr,
+    }
+
+
+def _pids_current(name: str) -> int:
+    for path in (
+        CGROUP / "pids" / "quay.slice" / f"quay-{name}.scope" / "pids.current",  # v1
+        CGROUP / "quay.slice" / f"quay-{name}.scope" / "pids.current",  # v2
+    ):
+        if path.exists():
+            return int(path.read_text())
+    raise AssertionError(f"no pids.current for {name}")
+
+
+def _ps(runtime: OciRuntime, name: str) -> str:
+    """The command lines of the container's processes (the image has no ps)."""
+    script = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done"
+    done = runtime.exec(name, ["sh", "-c", script], timeout=10)
+    return done.stdout.decode() + done.stderr.decode()
+
+
+def inside_pid1_and_exec(
+    *, runtime: str, name: str, state_dir: str, layers: list[str], init: bool
+) -> dict[str, Any]:
+    """A long-running container (pids limit 64): who PID 1 is, what an exec leaves behind
+    when it ends and when it times out, and a fork loop to the pids limit."""
+    become_subreaper()
+    base = Path(state_dir)
+    config = _config(
+        base, name, "systemd", {"pids": 64}, f"echo {READY}; exec sleep 1000", init=init
+    )
+    log = base / "logs" / f"{name}.log"
+    log.unlink(missing_ok=True)
+    driver_runtime = _runtime(runtime, "systemd")
+    bundle = prepare(name, [Path(x) for x in layers], config, base / "containers" / name)
+    out = open_log_file(log)
+    try:
+        started = start(bundle, driver_runtime, out)
+    finally:
+        os.close(out)
+    seen: dict[str, Any] = {}
+    with ExitWatcher() as watcher:
+        watcher.watch(started.pid)
+        _wait_for_log(log, READY)
+        pid1 = "cat /proc/1/cmdline | tr '\\0' ' '; echo; " + SELF_STATUS.replace("self", "1")
+        seen["pid1"] = driver_runtime.exec(name, ["sh", "-c", pid1], timeout=10).stdout.decode()
+        # An exec that ends leaves a background child: it goes with the exec's group. (The
+        # group is learnt while the command runs: one that ends within a few ms keeps them.)
+        driver_runtime.exec(name, ["sh", "-c", "sleep 301 & sleep 0.3; echo started"], timeout=10)
+        seen["after_end"] = _ps(driver_runtime, name)
+        # An exec that times out, with a child of its own.
+        try:
+            driver_runtime.exec(name, ["sh", "-c", "sleep 302 & sleep 303"], timeout=1)
+            seen["timed_out"] = False
+        except RuntimeCommandError:
+            seen["timed_out"] = True
+        seen["after_timeout"] = _ps(driver_runtime, name)
+        # A fork loop to the pids limit; its children end with it (orphans, then zombies).
+        loop = "i=0; while [ $i -lt 100 ]; do sleep 30 & i=$((i+1)); done 2>/dev/null; exit 0"
+        driver_runtime.exec(name, ["sh", "-c", loop], timeout=30)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _pids_current(name) > 4:
+            time.sleep(0.1)
+        seen["pids_after_loop"] = _pids_current(name)
+        try:
+            done = driver_runtime.exec(name, ["echo", "exec-works"], timeout=10)
+            seen["exec_after_loop"] = done.stdout.decode().strip() or done.stderr.decode()
+        except RuntimeCommandError as error:
+            seen["exec_after_loop"] = str(error)
+        # A failed exec (crun leaves its helper in the container's namespace to its parent, a
+        # zombie that would hold the init's exit past SIGKILL: the stop below would hang).
+        seen["not_found"] = driver_runtime.exec(name, ["no-such-command"], timeout=10).returncode
+        result = stop(
+            name,
+            signal_name="SIGTERM",
+            timeout=5,
+            runtime=driver_runtime,
+            watcher=watcher,
+            pid=started.pid,
+            oom_events=started.oom_events,
+        )
+        seen["stop"] = _result(result)
+        if started.oom_events is not None:
+            started.oom_events.close()
+    remove(bundle, driver_runtime)
     return seen
 
 
@@ -327,6 +459,7 @@ def test_pulled_busybox_in_its_scope_stops_cleanly_and_leaves_nothing(
         script=PROBE + ON_TERM_EXIT,
         resources={"memory": "64M", "pids": 64, "cpus": 0.5},
         action="stop",
+        exec_script=SELF_STATUS,
     )
     scope = seen["scope"]
     assert scope["Slice"] == "quay.slice"
@@ -337,12 +470,71 @@ def test_pulled_busybox_in_its_scope_stops_cleanly_and_leaves_nothing(
     inside = report(seen["log"])
     assert inside["pid"] == "1"
     assert inside["hostname"] == f"h-{name}"
-    assert inside["CapEff"] == DOCKER_CAPEFF
+    assert inside["CapEff"] == DEFAULT_CAPEFF
     assert inside["NoNewPrivs"] == "1"
+    # Every process quay starts in the container has the init's privileges and limits.
+    for way in ("api", "attached"):
+        execed = report(seen["exec"][way])
+        assert execed["CapEff"] == execed["CapBnd"] == DEFAULT_CAPEFF, (way, seen["exec"][way])
+        assert (execed["NoNewPrivs"], execed["Seccomp"]) == ("1", "2"), way
+        assert (execed["uid"], execed["nofile"]) == ("0", "1024"), way
     assert seen["oom_kills_running"] == 0
     assert seen["result"] == {"code": 143, "signal": None, "killed": False, "oom": False}
 
     assert_nothing_left(host, removed(host, runtime, "systemd", name), name)
+
+
+# crun only: runc starts an exec's command in quayd's own process group (no session of its
+# own), so there is no group to take, and its exec waits for the command's children.
+@pytest.mark.parametrize("runtime", ["crun"])
+def test_the_init_is_pid_1_reaps_orphans_and_execs_take_their_group(
+    host: SystemdHost, layers: list[str], runtime: str
+) -> None:
+    seen = host.call(
+        inside_pid1_and_exec,
+        runtime=runtime,
+        name=f"init-{runtime}",
+        state_dir=str(host.state_dir),
+        layers=layers,
+        init=True,
+        timeout=180,
+    )
+    command_line, *status = seen["pid1"].splitlines()
+    assert command_line.strip() == f"{INIT_PATH} -- /bin/sh -c echo {READY}; exec sleep 1000"
+    pid1 = report("\n".join(status))
+    assert pid1["CapEff"] == pid1["CapBnd"] == DEFAULT_CAPEFF
+    assert (pid1["NoNewPrivs"], pid1["Seccomp"]) == ("1", "2")
+    assert "sleep 1000" in seen["after_end"]  # ps lists the container's processes
+    assert "sleep 301" not in seen["after_end"], seen["after_end"]
+    assert seen["timed_out"] is True
+    assert "sleep 302" not in seen["after_timeout"], seen["after_timeout"]
+    assert "sleep 303" not in seen["after_timeout"], seen["after_timeout"]
+    # The zombies were reaped: the counter is back near the init and its command.
+    assert seen["pids_after_loop"] <= 4, seen
+    assert seen["exec_after_loop"] == "exec-works"
+    assert seen["not_found"] != 0
+    # sleep has no SIGTERM handler; as the init's child it still ends on the stop signal.
+    assert seen["stop"] == {"code": 143, "signal": None, "killed": False, "oom": False}
+
+
+@pytest.mark.parametrize("runtime", ["crun"])
+def test_without_the_init_orphans_stay_zombies_and_hold_the_pids_limit(
+    host: SystemdHost, layers: list[str], runtime: str
+) -> None:
+    """What init = false gives (and quay gave before): the case the init is for."""
+    seen = host.call(
+        inside_pid1_and_exec,
+        runtime=runtime,
+        name=f"noinit-{runtime}",
+        state_dir=str(host.state_dir),
+        layers=layers,
+        init=False,
+        timeout=180,
+    )
+    assert seen["pid1"].split()[:2] == ["sleep", "1000"]
+    assert seen["pids_after_loop"] > 50, seen  # zombies: sleep as PID 1 never reaps
+    # PID 1 ignores SIGTERM without a handler: killed at the stop timeout.
+    assert seen["stop"]["killed"] is True
 
 
 @pytest.mark.parametrize("driver", ["systemd", "cgroupfs"])
@@ -432,23 +624,6 @@ def test_timing_of_one_container(host: SystemdHost, layers: list[str], runtime: 
 
 
 # --- the pure parts, without a host --------------------------------------------------------------
-
-
-def test_oom_kills_v1_adds_up_the_scope_and_the_cgroups_below(tmp_path: Path) -> None:
-    scope = tmp_path / "memory" / "quay.slice" / "quay-web.scope"
-    (scope / "container").mkdir(parents=True)
-    (scope / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
-    (scope / "container" / "memory.oom_control").write_text("oom_kill_disable 0\noom_kill 2\n")
-    assert oom_kills("web", "systemd", cgroup_root=tmp_path) == 2
-    assert oom_kills("gone", "systemd", cgroup_root=tmp_path) is None
-
-
-def test_oom_kills_v2_reads_memory_events(tmp_path: Path) -> None:
-    scope = tmp_path / "quay.slice" / "quay-web.scope"
-    scope.mkdir(parents=True)
-    (scope / "memory.events").write_text("low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n")
-    assert oom_kills("web", "cgroupfs", cgroup_root=tmp_path) == 1
-    assert oom_kills("other", "cgroupfs", cgroup_root=tmp_path) is None
 
 
 def test_signal_numbers() -> None:

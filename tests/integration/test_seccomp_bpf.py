@@ -151,7 +151,7 @@ def test_unknown_syscall_names_are_skipped_as_crun_does(tmp_path: Path) -> None:
 # --- crun, in the systemd host -------------------------------------------------------------------
 
 
-def inside_run(*, state_dir: str, name: str, cap_drop: list[str], precompiled: bool) -> Any:
+def inside_run(*, state_dir: str, name: str, cap_add: list[str], precompiled: bool) -> Any:
     """prepare + start under crun (systemd driver); the probe runs as the container's process,
     then again through ``crun exec`` (health checks, ``quayctl exec``), then the container is
     stopped. Returns both outputs, config.json and the program crun loaded."""
@@ -162,7 +162,7 @@ def inside_run(*, state_dir: str, name: str, cap_drop: list[str], precompiled: b
             "container": {
                 "image": "test/probe",
                 "command": ["/bin/sh", "-c", f"{PROBE}; echo {DONE}; exec sleep 60"],
-                "cap_drop": cap_drop,
+                "cap_add": cap_add,
             },
             "network": {"mode": "none"},
         }
@@ -244,12 +244,12 @@ def layer(host: SystemdHost) -> Path:
     return layer
 
 
-def probe(host: SystemdHost, name: str, *, precompiled: bool, cap_drop: list[str]) -> Any:
+def probe(host: SystemdHost, name: str, *, precompiled: bool, cap_add: list[str]) -> Any:
     return host.call(
         inside_run,
         state_dir=str(host.state_dir),
         name=name,
-        cap_drop=cap_drop,
+        cap_add=cap_add,
         precompiled=precompiled,
         timeout=120,
     )
@@ -272,14 +272,14 @@ integration, runs_containers = CONTAINER_TEST_MARKS
 @needs_libseccomp
 @needs_profile
 @pytest.mark.skipif(shutil.which("crun") is None, reason="no crun")
-@pytest.mark.parametrize("cap_drop", [[], ["AUDIT_WRITE"]], ids=["default-caps", "no-audit"])
+@pytest.mark.parametrize("cap_add", [[], ["AUDIT_WRITE"]], ids=["default-caps", "audit-write"])
 @pytest.mark.usefixtures("layer")
 def test_crun_runs_the_precompiled_filter_as_it_runs_its_own(
-    host: SystemdHost, cap_drop: list[str]
+    host: SystemdHost, cap_add: list[str]
 ) -> None:
-    suffix = "-".join(cap_drop).lower() or "default"
-    with_json = probe(host, f"json-{suffix}", precompiled=False, cap_drop=cap_drop)
-    with_bpf = probe(host, f"bpf-{suffix}", precompiled=True, cap_drop=cap_drop)
+    suffix = "-".join(cap_add).lower() or "default"
+    with_json = probe(host, f"json-{suffix}", precompiled=False, cap_add=cap_add)
+    with_bpf = probe(host, f"bpf-{suffix}", precompiled=True, cap_add=cap_add)
 
     # The annotation is there only when asked for; the JSON filter always (flags, runc).
     assert ANNOTATION not in with_json["annotations"]
@@ -301,5 +301,6 @@ def test_crun_runs_the_precompiled_filter_as_it_runs_its_own(
     assert seen_bpf["personality_query"] == seen_bpf["personality_linux"] == "ok"
     assert seen_bpf["personality_no_randomize"] == ENOSYS  # an argument not allowed
     assert seen_bpf["socket_inet"] == seen_bpf["socket_netlink_route"] == "ok"
-    # Two comparisons in one rule: AF_NETLINK and NETLINK_AUDIT, without CAP_AUDIT_WRITE.
-    assert seen_bpf["socket_netlink_audit"] == (EINVAL if cap_drop else "ok")
+    # Two comparisons in one rule: AF_NETLINK and NETLINK_AUDIT, refused unless cap_add gives
+    # CAP_AUDIT_WRITE (not a default).
+    assert seen_bpf["socket_netlink_audit"] == ("ok" if cap_add else EINVAL)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import pytest
 
 from quayd.isolation.environment import read_env_files
+from quayd.isolation.resources import cpu_shares
 from quayd.isolation.seccomp import load_default_profile
 from quayd.isolation.spec import (
     DEFAULT_CAPABILITIES,
@@ -29,7 +30,6 @@ from quayd.isolation.spec import (
     ImageDefaults,
     SpecInputs,
     build_spec,
-    cpu_shares,
     seccomp_for,
     user_spec,
 )
@@ -99,6 +99,13 @@ echo "netdevs=$(ls /sys/class/net | tr '\n' ' ')"
 echo "netns=$(readlink /proc/self/ns/net)"
 echo "sys=$(grep ' /sys sysfs ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1)"
 echo "devs=$(ls /dev | tr '\n' ' ')"
+if mknod /dev/probe-null c 1 3 2>/dev/null; then echo mknod=ok; else echo mknod=refused; fi
+if ping -c 1 -W 1 127.0.0.1 >/dev/null 2>&1; then echo ping=ok; else echo ping=refused; fi
+if unshare -U true 2>/dev/null; then echo userns=ok; else echo userns=refused; fi
+# As root of a new user and mount namespace, a tmpfs over /etc (seen there only).
+if e=$(unshare -Urm sh -c 'mount -t tmpfs none /etc' 2>&1); then echo userns_mount=ok
+else echo userns_mount=refused; echo "userns_error=$e"; fi
+echo "fork=$(sh -c 'echo forked')"
 c=/sys/fs/cgroup
 if [ -d $c/memory ]; then
   echo "memory=$(cat $c/memory/memory.limit_in_bytes)"
@@ -231,7 +238,7 @@ def test_default_isolation(host: SystemdHost, runtime: str, driver: Driver) -> N
     assert report["etc_hostname"] == "from-quay"
     assert report["etc_hosts"] == "127.0.0.1 localhost quay-hosts"
     expected = mask(DEFAULT_CAPABILITIES)
-    assert expected == "00000000a80425fb"  # Docker's well-known default set
+    assert expected == "00000000800405fb"  # podman's well-known default set
     for kind in ("CapEff", "CapPrm", "CapBnd"):
         assert report[kind] == expected, kind
     assert report["CapInh"] == report["CapAmb"] == "0000000000000000"
@@ -267,6 +274,11 @@ def test_default_isolation(host: SystemdHost, runtime: str, driver: Driver) -> N
     devices = set(report["devs"].split())
     assert {"null", "zero", "full", "random", "urandom", "tty", "ptmx"} <= devices
     assert not devices & {"sda", "vda", "mem", "kmsg", "loop0", "nvme0"}
+    # Neither CAP_MKNOD nor CAP_NET_RAW by default (podman's set, not Docker's).
+    assert (report["mknod"], report["ping"]) == ("refused", "refused")
+    # No user namespaces either (Docker's profile, not podman's); fork and threads still work.
+    assert (report["userns"], report["userns_mount"]) == ("refused", "refused")
+    assert report["fork"] == "forked"
 
     if "shares" in report:  # cgroup v1
         assert report["memory"] == str(64 << 20)
@@ -297,6 +309,36 @@ def test_capabilities_drop_all_add_some_and_writable_root(host: SystemdHost, run
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
+def test_cap_add_gives_back_dockers_three(host: SystemdHost, runtime: str) -> None:
+    unit = {
+        "container": {"cap_add": ["NET_RAW", "MKNOD", "AUDIT_WRITE"]},
+        "network": {"mode": "none"},
+    }
+    report = run_container(host, runtime, unit, name=f"spec-dockers-{runtime}")
+    expected = DEFAULT_CAPABILITIES | {"CAP_NET_RAW", "CAP_MKNOD", "CAP_AUDIT_WRITE"}
+    assert mask(expected) == "00000000a80425fb"  # Docker's well-known default set
+    for kind in ("CapEff", "CapPrm", "CapBnd"):
+        assert report[kind] == mask(expected), kind
+    assert (report["mknod"], report["ping"]) == ("ok", "ok")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize(
+    "container",
+    [{"user_namespaces": True}, {"cap_add": ["SYS_ADMIN"]}],
+    ids=["user_namespaces", "sys_admin"],
+)
+def test_user_namespaces_when_the_unit_allows_them(
+    host: SystemdHost, runtime: str, container: dict[str, Any]
+) -> None:
+    unit = {"container": container, "network": {"mode": "none"}}
+    name = f"spec-userns-{runtime}-{next(iter(container))}"[:60]
+    report = run_container(host, runtime, unit, name=name)
+    assert report["Seccomp"] == "2"  # still filtered, only user namespaces allowed
+    assert (report["userns"], report["userns_mount"]) == ("ok", "ok"), report.get("userns_error")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_named_user_with_groups_without_seccomp(host: SystemdHost, runtime: str) -> None:
     unit = {"container": {"user": "app", "workdir": "/tmp"}, "network": {"mode": "none"}}
     report = run_container(host, runtime, unit, name=f"spec-user-{runtime}", seccomp=False)
@@ -304,7 +346,7 @@ def test_named_user_with_groups_without_seccomp(host: SystemdHost, runtime: str)
     assert sorted(report["groups"].split(), key=int) == ["10", "50", "1000"]
     assert report["env_HOME"] == "/home/app"
     assert report["cwd"] == "/tmp"
-    # A non-root process keeps no effective capabilities; the bounding set is still Docker's.
+    # A non-root process keeps no effective capabilities; the bounding set is still the default.
     assert report["CapEff"] == "0000000000000000"
     assert report["CapBnd"] == mask(DEFAULT_CAPABILITIES)
     assert report["NoNewPrivs"] == "1"

@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 
+from quayd.isolation.cgroups import HostCgroups
 from quayd.isolation.errors import SpecError
+from quayd.isolation.resources import cpu_shares, systemd_properties
 from quayd.isolation.spec import (
     DEFAULT_CAPABILITIES,
+    DOCKER_ONLY_CAPABILITIES,
     MASKED_PATHS,
     NOTIFY_DIR,
     NOTIFY_SOCKET_NAME,
@@ -21,10 +24,8 @@ from quayd.isolation.spec import (
     build_spec,
     capabilities_for,
     cgroups_path,
-    cpu_shares,
     process_args,
     stop_signal,
-    systemd_properties,
     user_spec,
     volumes_for,
 )
@@ -92,7 +93,11 @@ def test_minimal_spec_is_complete_and_json() -> None:
     }  # fmt: skip
     assert json.loads(json.dumps(spec)) == spec  # plain JSON types only
     assert spec["root"] == {"path": str(ROOTFS), "readonly": False}
-    assert spec["annotations"] == {"org.quay.unit": "web", "org.quay.image": "busybox"}
+    assert spec["annotations"] == {
+        "org.quay.unit": "web",
+        "org.quay.image": "busybox",
+        "org.systemd.property.TimeoutStopUSec": "uint64 10000000",
+    }
     process = spec["process"]
     assert process["terminal"] is False
     assert process["noNewPrivileges"] is True
@@ -287,7 +292,8 @@ DEFAULTS = set(DEFAULT_CAPABILITIES)
     [
         pytest.param([], [], DEFAULTS, id="defaults"),
         pytest.param(["NET_ADMIN"], [], DEFAULTS | {"CAP_NET_ADMIN"}, id="add-one"),
-        pytest.param([], ["NET_RAW"], DEFAULTS - {"CAP_NET_RAW"}, id="drop-one"),
+        pytest.param([], ["SETUID"], DEFAULTS - {"CAP_SETUID"}, id="drop-one"),
+        pytest.param(["NET_RAW"], [], DEFAULTS | {"CAP_NET_RAW"}, id="add-back-dockers"),
         pytest.param([], ["CAP_SYS_ADMIN"], DEFAULTS, id="drop-absent"),
         pytest.param(["CHOWN"], [], DEFAULTS, id="add-present"),
         pytest.param([], ["ALL"], set(), id="drop-all"),
@@ -300,8 +306,8 @@ DEFAULTS = set(DEFAULT_CAPABILITIES)
         pytest.param(["ALL"], ["ALL"], set(CAPABILITIES), id="add-all-drop-all"),
         pytest.param(
             ["SYS_PTRACE"],
-            ["NET_RAW", "MKNOD"],
-            (DEFAULTS - {"CAP_NET_RAW", "CAP_MKNOD"}) | {"CAP_SYS_PTRACE"},
+            ["KILL", "SETFCAP"],
+            (DEFAULTS - {"CAP_KILL", "CAP_SETFCAP"}) | {"CAP_SYS_PTRACE"},
             id="add-and-drop",
         ),
     ],
@@ -316,8 +322,12 @@ def test_capabilities(add: list[str], drop: list[str], expected: set[str]) -> No
     assert caps["ambient"] == []
 
 
-def test_docker_default_capabilities_are_exactly_fourteen() -> None:
-    assert len(DEFAULT_CAPABILITIES) == 14
+def test_default_capabilities_are_podmans_eleven() -> None:
+    assert len(DEFAULT_CAPABILITIES) == 11
+    # Docker's 14 are these plus the three podman dropped.
+    assert len(DEFAULT_CAPABILITIES | DOCKER_ONLY_CAPABILITIES) == 14
+    assert not DEFAULT_CAPABILITIES & DOCKER_ONLY_CAPABILITIES
+    assert DOCKER_ONLY_CAPABILITIES <= CAPABILITIES
     assert DEFAULT_CAPABILITIES <= CAPABILITIES
     assert "CAP_SYS_ADMIN" not in DEFAULT_CAPABILITIES
     assert "CAP_NET_ADMIN" not in DEFAULT_CAPABILITIES
@@ -506,10 +516,21 @@ def test_systemd_scope_properties_carry_the_limits() -> None:
         "org.systemd.property.TasksMax": "uint64 64",
         "org.systemd.property.CPUQuotaPerSecUSec": "uint64 500000",
         "org.systemd.property.CPUWeight": "uint64 200",
+        "org.systemd.property.TimeoutStopUSec": "uint64 10000000",
     }
     assert systemd_properties(unit) == {
-        key: value for key, value in annotations.items() if key.startswith("org.systemd.")
+        key: value
+        for key, value in annotations.items()
+        if key.startswith("org.systemd.") and not key.endswith("TimeoutStopUSec")
     }
+
+
+def test_the_scope_stops_within_the_units_stop_timeout() -> None:
+    # systemd stops the scopes itself at shutdown: SIGKILL after TimeoutStopSec (90 s unless set)
+    unit = make_unit(container={"stop_timeout": "2s"})
+    assert spec_of(unit)["annotations"]["org.systemd.property.TimeoutStopUSec"] == "uint64 2000000"
+    cgroupfs = spec_of(unit, cgroup_driver="cgroupfs")["annotations"]
+    assert not any(key.startswith("org.systemd.") for key in cgroupfs)
 
 
 @pytest.mark.parametrize(
@@ -538,6 +559,39 @@ def test_memory_without_swap_accounting() -> None:
         "resources"
     ]
     assert resources["memory"] == {"limit": 1 << 30}
+
+
+def test_on_v2_under_systemd_the_scope_holds_the_memory_limit() -> None:
+    unit = make_unit(resources={"memory": "64M", "pids": 64, "io_weight": 300})
+    spec = spec_of(unit, cgroups=HostCgroups(version=2))
+    assert "memory" not in spec["linux"]["resources"]
+    assert spec["linux"]["resources"]["unified"] == {"io.weight": "default 300"}
+    assert spec["annotations"] == {
+        "org.quay.unit": "web",
+        "org.quay.image": "busybox",
+        "org.systemd.property.MemoryMax": f"uint64 {64 << 20}",
+        "org.systemd.property.MemorySwapMax": "uint64 0",
+        "org.systemd.property.TasksMax": "uint64 64",
+        "org.systemd.property.IOWeight": "uint64 300",
+        "org.systemd.property.TimeoutStopUSec": "uint64 10000000",
+    }
+
+
+def test_on_v2_under_cgroupfs_the_runtime_writes_every_limit() -> None:
+    unit = make_unit(resources={"memory": "64M", "io_weight": 300})
+    spec = spec_of(unit, cgroups=HostCgroups(version=2), cgroup_driver="cgroupfs")
+    assert spec["linux"]["resources"]["memory"] == {"limit": 64 << 20, "swap": 64 << 20}
+    assert spec["annotations"] == {"org.quay.unit": "web", "org.quay.image": "busybox"}
+
+
+def test_device_limits_take_the_resolved_numbers() -> None:
+    unit = make_unit(resources={"device_write_bps": {"/dev/disk/by-id/x": "5M"}})
+    spec = spec_of(unit, devices={"/dev/disk/by-id/x": (8, 16)})
+    assert spec["linux"]["resources"]["blockIO"] == {
+        "throttleWriteBpsDevice": [{"major": 8, "minor": 16, "rate": 5 << 20}]
+    }
+    with pytest.raises(SpecError, match="no device number"):
+        spec_of(unit)
 
 
 def test_cpus_below_kernel_minimum_is_refused() -> None:
