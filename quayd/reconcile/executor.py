@@ -29,6 +29,7 @@ import structlog
 from quayd.images.errors import ImageError
 from quayd.images.model import ImageConfig, ImageRecord, Platform
 from quayd.images.store import Store
+from quayd.images.versions import versions
 from quayd.isolation.container import (
     Bundle,
     ContainerConfig,
@@ -48,9 +49,13 @@ from quayd.isolation.container import (
     watch_oom,
 )
 from quayd.isolation.environment import read_env_files
+from quayd.isolation.init import CANDIDATES as INIT_CANDIDATES
+from quayd.isolation.init import PACKAGE as INIT_PACKAGE
+from quayd.isolation.init import find_init
 from quayd.isolation.runtime import (
     ConsoleSocket,
     OciRuntime,
+    Stdio,
     journald_running,
     journald_stream,
     open_log_file,
@@ -88,6 +93,28 @@ class Launched:
     """Opened between create and start (cgroup v1): pass it to :meth:`Executor.finish`."""
     console: int | None = None
     """With a terminal: the master of the container's pty (the caller owns and closes it)."""
+    pipes: Pipes | None = None
+    """With ``pipes``: the agent's ends of the container's stdio (the caller owns them)."""
+
+
+@dataclass(frozen=True)
+class Pipes:
+    """The agent's ends of an attached ad-hoc container's stdio (``quayctl run`` without -t):
+    it relays them to its clients and to the log, ``log``."""
+
+    stdout: int
+    """Its stdout; with a terminal, a copy of the pty's master (its output)."""
+    stderr: int | None
+    """Its stderr; None with a terminal (the pty carries both)."""
+    stdin: int | None
+    """The writing end of its stdin (``-i``), else None: its stdin is /dev/null (or the pty)."""
+    log: int
+
+    def close(self) -> None:
+        for fd in (self.stdout, self.stderr, self.stdin, self.log):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -130,6 +157,15 @@ class Executor:
         )
         self.state_dir = Path(settings.state_dir)
         self.run_dir = Path(settings.run_dir)
+        self.init_binary = find_init()
+        """PID 1 of the units with ``init`` (the default); None: they run without one."""
+        if self.init_binary is None:
+            log.warning(
+                "no container init: containers run their command as PID 1 (orphans are not "
+                "reaped, SIGTERM without a handler does nothing)",
+                looked_for=[str(path) for path in INIT_CANDIDATES],
+                fix=f"apt-get install {INIT_PACKAGE}",
+            )
         self._net_pool = ThreadPoolExecutor(8, thread_name_prefix="quay-net")
         """Where a start's veth work runs while the runtime creates its container."""
         self._swap_limit = (CGROUP_ROOT / "memory" / "memory.memsw.limit_in_bytes").exists() or (
@@ -188,10 +224,12 @@ class Executor:
         reference: str,
         platform: Platform | None = None,
         progress: ProgressCallback | None = None,
+        max_rate: int | None = None,
     ) -> ImageRecord:
-        """Pull ``reference`` into the store (a unit's image, or an operator's quayctl pull)."""
+        """Pull ``reference`` into the store (a unit's image, or an operator's quayctl pull);
+        ``max_rate``: bytes per second at most (an update's background pull)."""
         from quayd.images.pull import pull  # noqa: PLC0415 - see registry
-        from quayd.images.unpack import UnpackLimits  # noqa: PLC0415 - tarfile, zstd, isal too
+        from quayd.images.unpack import UnpackLimits  # noqa: PLC0415 - zstd, isal and the tar reader too
 
         images = self.settings.images
         try:
@@ -203,6 +241,7 @@ class Executor:
                 platform=platform,
                 max_concurrent=images.max_concurrent_downloads,
                 min_free_bytes=images.min_free_disk,
+                max_rate=max_rate,
                 limits=UnpackLimits(
                     max_uncompressed_bytes=images.max_layer_size,
                     max_entries=images.max_layer_entries,
@@ -222,6 +261,9 @@ class Executor:
         *,
         terminal: bool = False,
         console_size: tuple[int, int] | None = None,
+        pipes: bool = False,
+        stdin: bool = False,
+        digest: str | None = None,
     ) -> Launched:
         """Image → network → bundle → record → create + start. Leaves nothing on failure.
 
@@ -235,10 +277,18 @@ class Executor:
 
         With ``terminal`` (an ad-hoc ``quayctl run -t``) the process gets a pty: the runtime is
         given a console socket instead of the log as stdio, and :attr:`Launched.console` is the
-        pty's master."""
-        record = self.image(unit)
+        pty's master. With ``pipes`` (``quayctl run`` without -t) its stdout and stderr (and
+        its stdin, with ``stdin``) are pipes, whose other ends are :attr:`Launched.pipes`; with
+        both, :attr:`Launched.pipes` has a copy of the master and of the log, for the caller to
+        relay the terminal's output to the log. ``digest``: that version of the unit's image
+        (an update's, or the one rolled back to), from :func:`quayd.images.versions.versions`."""
+        if digest is None:
+            record = self.image(unit)
+        else:
+            record = versions(self.store, self.reference(unit)).get(digest)
         if record is None:
-            raise ExecutorError(f"image {unit.container.image} is not in the store")
+            at = "" if digest is None else f"@{digest}"
+            raise ExecutorError(f"image {unit.container.image}{at} is not in the store")
         config = self.store.image_config(record)
         directory = self.container_dir(name)
         self._clear(name, directory)
@@ -250,7 +300,7 @@ class Executor:
             else:  # written with the veth (see _connect); the spec needs the files to exist
                 self.network.ensure_etc_files(name)
             netns = str(prepared.netns) if prepared is not None else None
-            launched, started, console = self._create_and_start(
+            launched, started, console, ends = self._create_and_start(
                 name,
                 unit,
                 unit_hash=unit_hash,
@@ -262,13 +312,19 @@ class Executor:
                 all_units=all_units,
                 terminal=terminal,
                 console_size=console_size,
+                pipes=pipes,
+                stdin=stdin,
             )
         except BaseException:
             with contextlib.suppress(Exception):
                 self._clear(name, directory)
             raise
         return Launched(
-            pid=started.pid, record=launched, oom_events=started.oom_events, console=console
+            pid=started.pid,
+            record=launched,
+            oom_events=started.oom_events,
+            console=console,
+            pipes=ends,
         )
 
     def _attach(self, name: str, unit: Unit) -> Attachment | None:
@@ -290,7 +346,9 @@ class Executor:
         all_units: Mapping[str, Unit],
         terminal: bool,
         console_size: tuple[int, int] | None,
-    ) -> tuple[ContainerRecord, Started, int | None]:
+        pipes: bool = False,
+        stdin: bool = False,
+    ) -> tuple[ContainerRecord, Started, int | None, Pipes | None]:
         notify_dir = self.notify_dir(name) if unit.ready.mode == "notify" else None
         hostname = directory / "hostname"
         hostname.write_text(f"{unit.container.hostname or name}\n")
@@ -311,6 +369,7 @@ class Executor:
             swap_limit=self._swap_limit,
             terminal=terminal,
             console_size=console_size,
+            init_binary=self.init_binary,
         )
         layers = [self.store.layer_path(layer.chain_id) for layer in record.layers]
         bundle = prepare(name, layers, container_config, directory)
@@ -327,13 +386,48 @@ class Executor:
             functools.partial(self._connect, prepared, all_units) if prepared is not None else None
         )
         out = self._open_logs(name)
+        if pipes and not terminal:
+            return launched, *self._start_with_pipes(bundle, out, network_work, stdin=stdin)
         try:
             if terminal:
                 started, console = self._start_with_terminal(name, bundle, out, network_work)
-                return launched, started, console
-            return launched, self._create_join_start(bundle, out, network_work), None
+                # with pipes, the caller reads the terminal too, for the log: ends of its own
+                ends = (
+                    Pipes(stdout=os.dup(console), stderr=None, stdin=None, log=os.dup(out))
+                    if pipes
+                    else None
+                )
+                return launched, started, console, ends
+            return launched, self._create_join_start(bundle, out, network_work), None, None
         finally:
             os.close(out)
+
+    def _start_with_pipes(
+        self, bundle: Bundle, out: int, network_work: Callable[[], object] | None, *, stdin: bool
+    ) -> tuple[Started, None, Pipes]:
+        """create and start with pipes as stdio; the container's ends are closed here once the
+        runtime has handed them on, so the agent's ends see EOF when its processes are gone."""
+        child: list[int] = []
+        mine: list[int] = [out]
+        try:
+            for _ in range(3 if stdin else 2):
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                child.append(write_end if len(child) < 2 else read_end)
+                mine.append(read_end if len(mine) < 3 else write_end)
+            stdio = Stdio(stdout=child[0], stderr=child[1], stdin=child[2] if stdin else None)
+            started = self._create_join_start(bundle, stdio, network_work)
+        except BaseException:
+            for fd in mine:
+                os.close(fd)
+            raise
+        finally:
+            for fd in child:
+                os.close(fd)
+        return (
+            started,
+            None,
+            Pipes(stdout=mine[1], stderr=mine[2], stdin=mine[3] if stdin else None, log=out),
+        )
 
     def _connect(self, prepared: Attachment, all_units: Mapping[str, Unit]) -> None:
         """A bridged unit's own etc files (and the ruleset when it publishes ports), then its
@@ -344,7 +438,7 @@ class Executor:
     def _create_join_start(
         self,
         bundle: Bundle,
-        out: int,
+        out: int | Stdio,
         network_work: Callable[[], object] | None,
         console_socket: Path | None = None,
     ) -> Started:

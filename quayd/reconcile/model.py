@@ -67,6 +67,8 @@ class Exit:
     """Set when quay stopped it: "replace" (the unit changed, or an operator's restart),
     "remove" (the unit went), "failure" (not ready in time, unhealthy), "shutdown" (quay told to
     stop everything), "hold" (an operator's ``quayctl stop``). None: it ended by itself."""
+    digest: str | None = None
+    """The image (manifest) digest it ran, when known: an update's rollback is decided on it."""
 
     @property
     def known(self) -> bool:
@@ -91,6 +93,16 @@ class Container:
     """The last STATUS= the container sent through its notify socket."""
     unit: Unit | None = None
     """The unit it runs (from its record): plan reasons say what changed since."""
+    digest: str | None = None
+    """The image (manifest) digest it runs (from its record)."""
+    watched_from: float | None = None
+    """When this agent began watching it, if later than its start (adopted after an agent
+    restart). No agent saw it between the two: its readiness deadline counts from here."""
+
+    @property
+    def ready_deadline_from(self) -> float:
+        """The instant ``ready.timeout`` counts from: the start, or the adoption if later."""
+        return max(self.started_at, self.watched_from or self.started_at)
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,46 @@ class History:
     last_exit: Exit | None = None
 
 
+@dataclass(frozen=True)
+class UpdateRecord:
+    """What the agent persists of a unit's ``[update]`` (written atomically before each step):
+    only what the live system cannot tell after a restart or a power cut."""
+
+    current: str | None = None
+    """The digest confirmed to run (ready). None: not known yet (the unit's first image)."""
+    target: str | None = None
+    """The digest being rolled out and not yet confirmed; while it is set, ``current`` is the
+    previous digest, kept in the store for a rollback."""
+    bad: str | None = None
+    """A digest that was rolled back: not tried again while the tag points at it."""
+    bad_reason: str = ""
+    """Why it was rolled back, for status: "not ready within 30s"."""
+
+
+@dataclass(frozen=True)
+class UpdateState:
+    """A unit's update as the agent observes it (for units with ``[update] policy`` set)."""
+
+    record: UpdateRecord = UpdateRecord()
+    offered: str | None = None
+    """The digest the tag points at: the registry's at the last check (``registry``), the
+    store's (``local``). None: not checked yet."""
+    stored: frozenset[str] = frozenset()
+    """Digests of the unit's image repository present in the store."""
+    check_error: str | None = None
+    """The last check of the registry failed (unreachable, refused): no update is decided."""
+    fetching: bool = False
+    """The background pull of ``offered`` is in flight."""
+    fetch_error: str | None = None
+    """The last pull of an update's digest failed (the background one, or the pull of a
+    target after its container was stopped): no new update before ``fetch_retry_at``."""
+    fetch_retry_at: float | None = None
+    due: bool = True
+    """The update window is open now (or ``quayctl update`` asked for it)."""
+    opens_at: float | None = None
+    """When the window opens next, while it is closed."""
+
+
 Busy = Literal["pulling", "starting", "stopping", "removing"]
 
 
@@ -132,6 +184,8 @@ class Observed:
     leftovers: frozenset[str] = frozenset()
     """Units that are not desired but still have something on the host (network attachment,
     lease, container directory) to remove."""
+    updates: Mapping[str, UpdateState] = field(default_factory=dict)
+    """Per unit with ``[update] policy`` other than "off"; a missing entry: nothing known yet."""
 
 
 # --- what the planner decides ----------------------------------------------------------------
@@ -142,6 +196,9 @@ class Pull:
     unit: str
     reference: str
     reason: str
+    digest: str | None = None
+    """Pull this digest of the reference's repository (an update's target, or the previous
+    digest for a rollback); None: what the reference points at."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +208,8 @@ class Start:
     unit: str
     hash: str
     reason: str
+    digest: str | None = None
+    """Run this image digest (a unit with ``[update]``); None: the store's for the reference."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +229,49 @@ class Remove:
     reason: str
 
 
-Action = Pull | Start | Stop | Remove
+@dataclass(frozen=True)
+class Fetch:
+    """Pull ``digest`` in the background for an update; the running container is not touched."""
+
+    unit: str
+    reference: str
+    digest: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Update:
+    """Record ``target`` as being rolled out (``previous`` kept for a rollback), then stop the
+    running container (if any); ``remove_previous``: remove its image first (small disks)."""
+
+    unit: str
+    previous: str | None
+    target: str
+    reason: str
+    remove_previous: bool = False
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """Record ``bad`` as failed (None: not the image's fault, as a failed pull) and ``previous``
+    as what runs, then stop the container of the failed digest, if it is still live."""
+
+    unit: str
+    previous: str
+    bad: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """The update to ``digest`` is ready: record it as current (the previous image may go)."""
+
+    unit: str
+    digest: str
+    reason: str
+
+
+Action = Pull | Start | Stop | Remove | Fetch | Update | Rollback | Confirm
 
 State = Literal[
     "invalid",  # file invalid, nothing runs for it

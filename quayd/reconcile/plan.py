@@ -32,6 +32,10 @@ State table, per unit (first matching row wins; the action, then the ``[state]``
       a required unit not ready            none          [waiting]
       otherwise                            Start         [starting]
 
+A unit with ``[update] policy`` set takes the rows of :mod:`quayd.reconcile.update` first (for a
+live container: after "other hash"; without one: before the restart policy), and starts the digest
+the update wants (``Start.digest``, pulled first when it is not stored).
+
 A container that ends goes from ``[running]``/``[starting]`` to an exit the executor records
 (:func:`record_exit`); the next pass takes the "no container" rows.
 
@@ -54,7 +58,10 @@ Choices (where ``docs/units.md`` is silent: what systemd, Docker or the kubelet 
 * **Backoff.** ``restart.backoff`` doubled per consecutive restart, capped at ``backoff_max``;
   never gives up (no maximum number of restarts).
 * **Readiness deadline.** A container not ready *at* ``started_at + ready.timeout`` has failed
-  (``>=``: the pass woken at the deadline acts on it instead of needing another one).
+  (``>=``: the pass woken at the deadline acts on it instead of needing another one). A
+  container adopted after an agent restart, not ready yet, gets its whole ``ready.timeout`` from
+  the adoption: no agent watched it meanwhile (its READY=1 or its probes went unseen), and the
+  agent's own downtime is not the container's failure (as a kubelet restart re-probes pods).
 * **Images.** ``pull = "missing"`` never pulls a stored image (an offline boot must work).
   ``pull = "always"`` pulls before each (re)start: when the image was not checked since the last
   exit. If that pull fails and the image is stored, the container starts with the stored image
@@ -81,13 +88,22 @@ Choices (where ``docs/units.md`` is silent: what systemd, Docker or the kubelet 
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from typing import Literal
 
 from quayd.reconcile.describe import describe_change
+from quayd.reconcile.exits import (
+    PULL_BACKOFF_FIRST,
+    PULL_BACKOFF_MAX,
+    backoff_delay,
+    countdown,
+    describe_exit,
+    format_seconds,
+    is_failure,
+    pull_backoff,
+    record_exit,
+)
 from quayd.reconcile.model import (
     Action,
     Busy,
@@ -95,7 +111,6 @@ from quayd.reconcile.model import (
     Desired,
     DesiredUnit,
     Exit,
-    History,
     ImageState,
     Observed,
     Plan,
@@ -105,13 +120,32 @@ from quayd.reconcile.model import (
     State,
     Stop,
     UnitStatus,
+    UpdateState,
 )
-from quayd.units.model import RestartTable, Unit
-from quayd.units.values import format_duration
+from quayd.reconcile.update import (
+    Step,
+    digest_step,
+    idle_step,
+    live_step,
+    start_reason,
+    status_note,
+    wanted_digest,
+)
 
-PULL_BACKOFF_FIRST = 2.0
-PULL_BACKOFF_MAX = 300.0
-_MAX_DOUBLINGS = 64  # 2**64 times any backoff is past any cap; keeps the float finite
+# The helpers moved to exits.py are still imported from here by the agent and the tests.
+__all__ = [
+    "PULL_BACKOFF_FIRST",
+    "PULL_BACKOFF_MAX",
+    "backoff_delay",
+    "dependency_order",
+    "describe_exit",
+    "format_seconds",
+    "is_failure",
+    "plan",
+    "pull_backoff",
+    "record_exit",
+    "shutdown_plan",
+]
 
 _BUSY_STATES: Mapping[Busy, State] = {
     "pulling": "pulling",
@@ -119,81 +153,6 @@ _BUSY_STATES: Mapping[Busy, State] = {
     "stopping": "stopping",
     "removing": "removing",
 }
-
-
-# --- helpers the executor calls ---------------------------------------------------------------
-
-
-def backoff_delay(restart: RestartTable, restarts: int) -> float:
-    """Seconds to wait before restart number ``restarts`` (1 = the first in a row)."""
-    if restarts <= 0:
-        return 0.0
-    first = restart.backoff.total_seconds()
-    cap = restart.backoff_max.total_seconds()
-    return min(first * 2.0 ** min(restarts - 1, _MAX_DOUBLINGS), cap)
-
-
-def pull_backoff(failures: int) -> float:
-    """Seconds before retrying a pull after ``failures`` failed in a row: 2 s doubling to 5 min."""
-    if failures <= 0:
-        return 0.0
-    return min(PULL_BACKOFF_FIRST * 2.0 ** min(failures - 1, _MAX_DOUBLINGS), PULL_BACKOFF_MAX)
-
-
-def is_failure(exit: Exit) -> bool:
-    """Whether ``on-failure`` restarts after this exit (see the module docstring)."""
-    if exit.stopped_for == "failure":
-        return True
-    if exit.stopped_for is not None:  # replace, remove, shutdown: quay's own stop
-        return False
-    if not exit.known:  # ended while quayd was down: restart, the safe side on an edge device
-        return True
-    return exit.code != 0 or exit.signal is not None or exit.oom is True or not exit.ready
-
-
-def record_exit(history: History | None, exit: Exit, unit: Unit) -> History:
-    """The unit's History after ``exit``: the restart count that sets the next backoff."""
-    previous = history.restarts if history is not None else 0
-    if exit.stopped_for in ("replace", "remove", "hold"):
-        restarts = 0  # a new version, a new file, an operator's start: afresh
-    elif exit.stopped_for == "shutdown":
-        restarts = previous
-    else:
-        ran_long = exit.at - exit.started_at >= unit.restart.reset_after.total_seconds()
-        restarts = (0 if ran_long else previous) + 1
-    return History(restarts=restarts, last_exit=exit)
-
-
-def describe_exit(exit: Exit) -> str:
-    """How a run ended, for a person: "exited 1", "killed by SIGKILL", "OOM-killed"."""
-    if exit.stopped_for == "failure":
-        text = "stopped as failed (not ready in time, or unhealthy)"
-    elif exit.stopped_for == "shutdown":
-        text = "stopped by quay's shutdown"
-    elif exit.stopped_for == "hold":
-        text = "stopped by an operator"
-    elif exit.oom:
-        text = "OOM-killed"
-    elif exit.signal is not None:
-        text = f"killed by {exit.signal}"
-    elif exit.code is not None:
-        text = f"exited {exit.code}"
-    else:
-        text = "exit status unknown"
-    if not exit.ready and exit.stopped_for is None:
-        text += " before it was ready"
-    return text
-
-
-def format_seconds(seconds: float) -> str:
-    """A duration for a person: "60s", "90s", "5m", "1s500ms"."""
-    if seconds < 120 and float(seconds).is_integer():
-        return f"{int(seconds)}s"
-    return format_duration(timedelta(seconds=seconds))
-
-
-def _countdown(seconds: float) -> str:
-    return format_seconds(max(1, math.ceil(seconds)))
 
 
 # --- ordering ----------------------------------------------------------------------------------
@@ -289,11 +248,32 @@ def _decide(
     container = observed.containers.get(name)
     if name in desired.held:
         return _with_findings(_held(name, container is not None), entry.findings)
+    update = observed.updates.get(name) if entry.unit.update.policy != "off" else None
     if container is not None:
-        decision = _live(entry, container, now)
+        decision = _live(entry, container, now, update)
     else:
-        decision = _not_running(entry, desired, observed, now, decided)
+        decision = _not_running(entry, desired, observed, now, decided, update=update)
+    if update is not None:
+        decision = _with_update_note(entry, decision, update, now)
     return _with_findings(decision, entry.findings)
+
+
+def _from_step(name: str, step: Step) -> _Decision:
+    status = _status(name, step.state, step.detail, ready=step.ready, next_attempt=step.wake_at)
+    return _Decision(status, step.action, step.wake_at)
+
+
+def _with_update_note(
+    entry: DesiredUnit, decision: _Decision, update: UpdateState, now: float
+) -> _Decision:
+    note, wake_at = status_note(entry, update, now)
+    if note and note not in decision.status.detail:
+        detail = "; ".join(part for part in (decision.status.detail, note) if part)
+        decision = replace(decision, status=replace(decision.status, detail=detail))
+    if wake_at is not None:
+        wakes = [t for t in (decision.wake_at, wake_at) if t is not None]
+        decision = replace(decision, wake_at=min(wakes))
+    return decision
 
 
 def _status(
@@ -348,7 +328,9 @@ def _held(name: str, live: bool) -> _Decision:
 # a live container -----------------------------------------------------------------------------
 
 
-def _live(entry: DesiredUnit, container: Container, now: float) -> _Decision:
+def _live(
+    entry: DesiredUnit, container: Container, now: float, update: UpdateState | None
+) -> _Decision:
     name, unit = entry.name, entry.unit
     if container.hash != entry.hash:
         if container.unit is None:
@@ -357,8 +339,11 @@ def _live(entry: DesiredUnit, container: Container, now: float) -> _Decision:
         if change == "no change in the unit":
             change = "a new image digest"  # pull = "always" found one
         return _stop(name, "replace", f"replacing the container: {change}")
+    step = live_step(entry, container, update, now) if update is not None else None
+    if step is not None:
+        return _from_step(name, step)
     timeout = unit.ready.timeout.total_seconds()
-    deadline = container.started_at + timeout
+    deadline = container.ready_deadline_from + timeout
     if not container.ready and now >= deadline:
         return _stop(name, "failure", f"not ready within {format_seconds(timeout)}")
     if container.unhealthy and unit.health.on_unhealthy == "restart":
@@ -368,7 +353,7 @@ def _live(entry: DesiredUnit, container: Container, now: float) -> _Decision:
         parts.append(container.status_text)
     if container.ready:
         return _Decision(_status(name, "running", "; ".join(parts), ready=True))
-    waiting = f"not ready yet ({unit.ready.mode}); fails in {_countdown(deadline - now)}"
+    waiting = f"not ready yet ({unit.ready.mode}); fails in {countdown(deadline - now)}"
     detail = "; ".join([waiting, *parts])
     return _Decision(_status(name, "starting", detail), wake_at=deadline)
 
@@ -386,28 +371,41 @@ def _not_running(
     observed: Observed,
     now: float,
     decided: Mapping[str, _Decision],
+    *,
+    update: UpdateState | None,
 ) -> _Decision:
     history = observed.history.get(entry.name)
     last = history.last_exit if history is not None else None
     restarts = history.restarts if history is not None else 0
+    image = observed.images.get(entry.name, ImageState())
+    if update is not None:
+        step = idle_step(entry, update, last, image)
+        if step is not None:
+            return _from_step(entry.name, step)
     why = _start_reason(entry, last)
     if last is not None and last.hash == entry.hash and last.stopped_for not in _FRESH:
         held = _restart_hold(entry, last, restarts, now)
         if held is not None:
             return held
         why = f"restarting ({describe_exit(last)})"
-    image = observed.images.get(entry.name, ImageState())
-    image_step = _image_step(entry, image, last, now)
+    digest = wanted_digest(update) if update is not None else None
+    if update is not None and digest is not None:
+        pulling = digest_step(entry, update, digest, image, now)
+        image_step = _from_step(entry.name, pulling) if pulling is not None else None
+        why = start_reason(update, last, why)
+    else:
+        image_step = _image_step(entry, image, last, now)
     if image_step is not None:
         return image_step
     unmet = _unmet_dependency(entry, desired, decided)
     if unmet is not None:
         return _Decision(_status(entry.name, "waiting", unmet))
-    if not _pull_wanted(entry, image, last) or not image.error:
+    if digest is not None or not _pull_wanted(entry, image, last) or not image.error:
         reason = why
     else:
         reason = f"{why}, with the stored image (the registry check failed: {image.error})"
-    return _Decision(_status(entry.name, "starting", reason), Start(entry.name, entry.hash, reason))
+    start = Start(entry.name, entry.hash, reason, digest)
+    return _Decision(_status(entry.name, "starting", reason), start)
 
 
 # Exits after which the unit starts as new, outside the restart policy.
@@ -438,7 +436,7 @@ def _restart_hold(entry: DesiredUnit, last: Exit, restarts: int, now: float) -> 
     due = last.at + backoff_delay(restart, restarts)
     if now >= due:
         return None
-    detail = f"{ended}; restarting in {_countdown(due - now)}"
+    detail = f"{ended}; restarting in {countdown(due - now)}"
     return _Decision(_status(name, "backoff", detail, next_attempt=due), wake_at=due)
 
 
@@ -471,7 +469,7 @@ def _image_step(
         assert image.retry_at is not None
         detail = (
             f"pulling {reference} failed: {image.error}; "
-            f"retrying in {_countdown(image.retry_at - now)}"
+            f"retrying in {countdown(image.retry_at - now)}"
         )
         status = _status(name, "waiting", detail, next_attempt=image.retry_at)
         return _Decision(status, wake_at=image.retry_at)

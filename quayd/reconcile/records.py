@@ -17,19 +17,32 @@ from pathlib import Path
 from typing import Any
 
 from quayd.atomicfile import replace_file
+from quayd.reconcile.model import UpdateRecord
 from quayd.units.model import Unit
 
 RECORD = "quay.json"
+LATER_KEYS: dict[str, dict[str, Any]] = {"container": {"user_namespaces": False, "init": True}}
+"""Keys added to the unit format after units were first run, by table, with their defaults:
+left out of the hash at their default, so a unit that does not set them keeps the hash an
+older quay gave it and an upgrade replaces none of its containers."""
 VERSION = 1
 
 
 def unit_hash(unit: Unit, image_digest: str | None = None) -> str:
     """A canonical hash of the effective unit: same unit, same hash, whatever the file's layout.
 
-    ``image_digest`` joins it for ``pull = "always"`` units, so a new digest pulled for the
-    reference replaces the container like any other change.
+    ``image_digest`` joins it for ``pull = "always"`` units, so a new digest for the reference
+    replaces the container like any other change. Not for units with ``[update]``: their digest
+    is the planner's to change (quayd/reconcile/update.py), step by step with a rollback. The
+    ``[update]`` table itself is left out: how updates happen does not change what runs (and
+    units written before the table existed keep their hash: an upgrade replaces no container).
     """
-    document: dict[str, Any] = {"unit": unit.model_dump(mode="json")}
+    dumped = unit.model_dump(mode="json", exclude={"update"})
+    for section, keys in LATER_KEYS.items():
+        for key, default in keys.items():
+            if dumped.get(section, {}).get(key, default) == default:
+                dumped[section].pop(key, None)
+    document: dict[str, Any] = {"unit": dumped}
     if image_digest is not None:
         document["image"] = image_digest
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
@@ -85,3 +98,37 @@ def read_record(directory: Path) -> ContainerRecord | None:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+UPDATES = "updates"
+
+
+def write_update_record(state_dir: Path, name: str, record: UpdateRecord) -> None:
+    """``STATE/updates/NAME.json``, atomically: written before each step of an update acts, so
+    after a power cut it names the digest to run (and the one to keep for a rollback)."""
+    document = {
+        "version": VERSION,
+        "current": record.current,
+        "target": record.target,
+        "bad": record.bad,
+        "bad_reason": record.bad_reason,
+    }
+    write_json_atomically(state_dir / UPDATES / f"{name}.json", document)
+
+
+def read_update_record(state_dir: Path, name: str) -> UpdateRecord:
+    """The unit's update record; an empty one when there is none or it cannot be read (then the
+    running container's digest counts as current: nothing is rolled back to a guess)."""
+    try:
+        document = json.loads((state_dir / UPDATES / f"{name}.json").read_text())
+        fields = {key: document.get(key) for key in ("current", "target", "bad")}
+        if not all(value is None or isinstance(value, str) for value in fields.values()):
+            return UpdateRecord()
+        return UpdateRecord(**fields, bad_reason=str(document.get("bad_reason") or ""))
+    except (OSError, ValueError, AttributeError):
+        return UpdateRecord()
+
+
+def remove_update_record(state_dir: Path, name: str) -> None:
+    """Forget a removed unit's update (a unit added again under the name starts afresh)."""
+    (state_dir / UPDATES / f"{name}.json").unlink(missing_ok=True)

@@ -389,6 +389,17 @@ def test_starting_wakes_at_the_readiness_deadline() -> None:
     assert "fails in 50s" in status(result, "web").detail
 
 
+def test_an_adopted_container_gets_its_whole_readiness_timeout_from_the_adoption() -> None:
+    """Started 61 s ago (past its 60 s timeout) but adopted 1 s ago by a restarted agent."""
+    adopted = live("web", started_at=NOW - 61, ready=False, watched_from=NOW - 1)
+    result = plan(desired(WEB), seen(adopted), NOW)
+    assert result.actions == ()
+    assert result.wake_at == NOW + 59
+    assert "fails in 59s" in status(result, "web").detail
+    result = plan(desired(WEB), seen(adopted), NOW + 59)
+    assert result.actions == (Stop("web", "not ready within 60s", "failure"),)
+
+
 def test_running_detail_carries_unhealthy_and_status_text() -> None:
     container = live("web", unhealthy=True, status_text="serving 3 clients")
     result = plan(desired(WEB), seen(container), NOW)
