@@ -6,10 +6,13 @@ store and its memory (restart counts, pulls in flight), calls the pure planner, 
 per action. Work is serialised per unit (a unit with a task in flight is "busy" and gets no new
 action) and concurrent across units (a slow pull never delays another unit's restart).
 
-Events only **wake** the loop: file changes (watchdog; a burst of edits is coalesced for a few
-tens of milliseconds), container exits (pidfds, through one :class:`ExitWatcher` on the loop),
-readiness and STATUS messages (notify sockets on the loop), health verdicts, finished actions,
-and timers (the planner's ``wake_at``). A full pass also runs every :data:`RESYNC_SECONDS`.
+Events only **wake** the loop: file changes (watchdog; the events of one file are one change,
+applied once its write is complete; a burst of several files is coalesced for a few tens of
+milliseconds: :mod:`quayd.agent.file_changes`), container exits (pidfds, through one
+:class:`ExitWatcher` on the loop), readiness and STATUS messages (notify sockets on the loop),
+health verdicts, finished actions, and timers (the planner's ``wake_at``). A full pass also runs
+every :data:`RESYNC_SECONDS`; every pass reads every file (:class:`LoadCache` compares bytes),
+so a change that no event reported is seen too.
 
 Under systemd (``Type=notify``): ``READY=1`` once the API socket listens and the first pass has
 been planned and its actions started; ``STATUS=`` with counts after each pass; ``WATCHDOG=1``
@@ -30,21 +33,26 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sdnotify
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from quayd import __version__
-from quayd.agent import image_pulls
+from quayd.agent import adhoc as adhoc_request
+from quayd.agent import image_pulls, update_actions
 from quayd.agent.api import ApiServer, RequestError
 from quayd.agent.events import EventLog
+from quayd.agent.file_changes import LONGEST_SECONDS, QUIET_SECONDS, FileChanges
+from quayd.agent.file_watch import watch
 from quayd.agent.logs import logger
+from quayd.agent.metrics import AgentMetrics, count_requests
+from quayd.agent.metrics_server import MetricsServer, MetricsServerError
+from quayd.agent.relay import Relay
+from quayd.agent.updates import Updates
 from quayd.images.store import Store
 from quayd.isolation.container import KILL_TIMEOUT, OomEvents, usage
 from quayd.isolation.notify import NotifySocket
@@ -63,19 +71,23 @@ from quayd.reconcile.health import HealthSpec, HealthState, ImageHealthcheck, he
 from quayd.reconcile.model import (
     Action,
     Busy,
+    Confirm,
     Container,
     Desired,
     DesiredUnit,
     Exit,
+    Fetch,
     History,
     ImageState,
     Observed,
     Plan,
     Pull,
     Remove,
+    Rollback,
     Start,
     Stop,
     UnitStatus,
+    Update,
 )
 from quayd.reconcile.plan import describe_exit, plan, pull_backoff, record_exit, shutdown_plan
 from quayd.reconcile.records import ContainerRecord, unit_hash, write_json_atomically
@@ -86,8 +98,8 @@ from quayd.units.model import Unit
 from quayd.units.settings import Settings
 
 RESYNC_SECONDS = 30.0
-COALESCE_SECONDS = 0.03
-COALESCE_MAX_SECONDS = 0.3
+COALESCE_SECONDS = QUIET_SECONDS
+COALESCE_MAX_SECONDS = LONGEST_SECONDS
 TCP_PROBE_INTERVAL = 0.1
 PEER_SYNC_QUIET = 0.05
 PEER_SYNC_MAX = 0.5
@@ -105,8 +117,8 @@ holds up a pass, nor the watchdog with it."""
 LOG_FILE_MAX = 16 * 1024 * 1024
 """Cap of a container's log file when there is no journald (trimmed to about half)."""
 ATTACH_SOCKET = "attach.sock"
-"""``RUN_DIR/attach.sock``: where ``quayctl run -t`` gets the terminal of its ad-hoc unit."""
-ADHOC_LABEL = "quay.adhoc"
+"""``RUN_DIR/attach.sock``: where ``quayctl run`` attaches to its ad-hoc unit (relay.py)."""
+ADHOC_LABEL = adhoc_request.ADHOC_LABEL
 """The label that marks an ad-hoc unit (``quayctl run``) in its container's record."""
 ATTACH_GRACE = 10.0
 """Seconds an ended ad-hoc unit with ``rm`` and a terminal waits for its client to attach (it
@@ -146,6 +158,8 @@ class Live:
     exited: asyncio.Future[RuntimeExit] | None = None
     adhoc: AdHoc | None = None
     """The ad-hoc unit (``quayctl run``) this container runs, if it is one."""
+    adopted_at: float | None = None
+    """When this agent adopted it (left running by a previous agent); None: started by it."""
 
     def observed(self) -> Container:
         return Container(
@@ -158,6 +172,8 @@ class Live:
             unhealthy=self.health.unhealthy,
             status_text=self.status_text,
             unit=self.record.unit,
+            digest=self.record.image_digest,
+            watched_from=self.adopted_at,
         )
 
 
@@ -176,6 +192,13 @@ class AdHoc:
     exit: Exit | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     attached: bool = False
+    interactive: bool = False
+    """Without a terminal: its stdin is a pipe fed by its clients (``quayctl run -i``)."""
+    attach: bool = True
+    """Without a terminal: a client attaches at once (``quayctl run`` without -d), so its
+    output is kept for it and an ``rm`` waits for it as for a terminal's client."""
+    relay: Relay | None = None
+    """Without a terminal: the relay of its stdout and stderr (to the log and its clients)."""
 
 
 @dataclass
@@ -213,6 +236,9 @@ class Agent:
         self.exits: dict[str, deque[Exit]] = {}
         self.events = EventLog(clock=clock)
         self.holds: set[str] = set()
+        self.updates = Updates(
+            self.state_dir, settings.updates, f"{socket.gethostname()}:{self.state_dir}", clock
+        )
         self.adhoc: dict[str, AdHoc] = {}
         """Ad-hoc units (``quayctl run``), by name: desired like the files' units."""
         self._hashes: dict[str, str] = {}
@@ -230,8 +256,7 @@ class Agent:
         self._stopping = False
         self._reloading = False
         self._wake: asyncio.Event | None = None
-        self._file_event_at: float | None = None
-        self._last_file_event: float | None = None
+        self._file_changes = FileChanges(COALESCE_SECONDS, COALESCE_MAX_SECONDS)
         self._by_pid: dict[int, str] = {}
         self._trimmed_at = 0.0
         self._synced_at = 0.0
@@ -243,6 +268,8 @@ class Agent:
         """(first, last) change the peers' hosts files have not seen yet."""
         self._peer_sync: asyncio.Task[None] | None = None
         self._pool = ThreadPoolExecutor(ACTION_THREADS, thread_name_prefix="quay-action")
+        self.metrics = AgentMetrics() if settings.metrics.listen else None
+        """Published to after each pass, served from its own thread (docs/metrics.md)."""
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -324,24 +351,30 @@ class Agent:
         await self._cleanup_leftovers()
         api = ApiServer(
             self.run_dir / "quayd.sock",
-            {
-                "status": self._api_status,
-                "plan": self._api_plan,
-                "plan_dir": self._api_plan_dir,
-                "show": self._api_show,
-                "events": self._api_events,
-                "start": self._api_start,
-                "stop": self._api_stop,
-                "restart": self._api_restart,
-                "exec": self._api_exec,
-                "reload": self._api_reload,
-                "run": self._api_run,
-                "remove": self._api_remove,
-                "image_pull": self._api_image_pull,
-            },
+            count_requests(
+                self.metrics,
+                {
+                    "status": self._api_status,
+                    "plan": self._api_plan,
+                    "plan_dir": self._api_plan_dir,
+                    "show": self._api_show,
+                    "events": self._api_events,
+                    "start": self._api_start,
+                    "stop": self._api_stop,
+                    "restart": self._api_restart,
+                    "exec": self._api_exec,
+                    "reload": self._api_reload,
+                    "run": self._api_run,
+                    "remove": self._api_remove,
+                    "kill": self._api_kill,
+                    "image_pull": self._api_image_pull,
+                    "update": functools.partial(update_actions.api_update, self),
+                },
+            ),
             read_only={"status", "plan", "show", "events"},
         )
         await api.start()
+        metrics_server = await self._serve_metrics(api)
         attach = self._attach_socket()
         attach_task = asyncio.create_task(self._serve_attach(attach))
         observer = self._watch_config_dir()
@@ -360,12 +393,16 @@ class Agent:
             self.notifier.notify("STOPPING=1")
             observer.stop()
             await api.close()
+            if metrics_server is not None:
+                metrics_server.close()
             attach_task.cancel()
             attach.close()
             with contextlib.suppress(FileNotFoundError):
                 (self.run_dir / ATTACH_SOCKET).unlink()
             for adhoc in self.adhoc.values():
                 _close_console(adhoc)
+                if adhoc.relay is not None:
+                    adhoc.relay.close()
             async with self._watchdog_kept():
                 if self.settings.stop_containers_on_exit:
                     await self._stop_everything()
@@ -380,6 +417,19 @@ class Agent:
             log.info("stopped", containers_left_running=len(self.live))
         return 0
 
+    async def _serve_metrics(self, api: ApiServer) -> MetricsServer | None:
+        """The metrics endpoint when ``[metrics] listen`` is set (its own thread)."""
+        if self.metrics is None or self.settings.metrics.listen is None:
+            return None
+        try:
+            server = MetricsServer(self.settings.metrics.listen, self.metrics.render)
+        except MetricsServerError as error:
+            await api.close()
+            raise AgentError(str(error)) from None
+        server.start()
+        log.info("metrics endpoint", listen=server.address)
+        return server
+
     async def _loop(self) -> None:
         assert self._wake is not None
         watchdog_every = _watchdog_interval()
@@ -387,6 +437,9 @@ class Agent:
             timeout = RESYNC_SECONDS
             if self.plan.wake_at is not None:
                 timeout = min(timeout, max(0.0, self.plan.wake_at - self.clock()) + 0.01)
+            checks_at = self.updates.wake_at({n: e.unit for n, e in self.desired.units.items()})
+            if checks_at is not None:
+                timeout = min(timeout, max(0.0, checks_at - self.clock()) + 0.01)
             if watchdog_every is not None:
                 timeout = min(timeout, watchdog_every)
             with contextlib.suppress(TimeoutError):
@@ -405,22 +458,35 @@ class Agent:
             self.notifier.notify("WATCHDOG=1\nSTATUS=" + self._status_line())
 
     async def _coalesce(self) -> None:
-        """In a burst of file events, wait until the directory is quiet (Ansible writing 30
-        files), at most :data:`COALESCE_MAX_SECONDS`. A lone complete change (see
-        :meth:`_on_file_event`) sets no wait: a single edit costs no latency."""
+        """Wait until the pending file change is due (:class:`FileChanges`): at once for one
+        file whose write is complete; in a burst of several files (Ansible writing 30) or
+        while a file is being written, until the directory is quiet, at most
+        :data:`COALESCE_MAX_SECONDS`. Each event ends the wait early, to ask again."""
         assert self._wake is not None
-        first = self._file_event_at
-        while first is not None:
-            quiet_for = self.clock() - (self._file_event_at or first)
-            if quiet_for >= COALESCE_SECONDS or self.clock() - first >= COALESCE_MAX_SECONDS:
+        while not self._stopping:
+            delay = self._file_changes.due(self.clock())
+            if not delay:
                 break
-            await asyncio.sleep(COALESCE_SECONDS - quiet_for)
-        self._file_event_at = None
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+        self._file_changes.taken()
 
     async def _work(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run blocking action work in the action pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: function(*args, **kwargs))
+
+    work = _work
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task of the agent's (finished or cancelled when it stops)."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop_container(self, name: str, why: Any) -> None:
+        await self._stop(name, why)
 
     @contextlib.asynccontextmanager
     async def _watchdog_kept(self) -> AsyncIterator[None]:
@@ -465,39 +531,13 @@ class Agent:
         self.wake()
 
     def _watch_config_dir(self) -> Any:
-        loop = asyncio.get_running_loop()
-        agent = self
+        return watch(self.config_dir, asyncio.get_running_loop(), self._on_file_event)
 
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                if event.event_type in ("opened", "closed_no_write"):
-                    return
-                if event.is_directory and event.event_type == "modified":
-                    return  # comes with each change inside it, which says more
-                path = os.fsdecode(event.dest_path or event.src_path)
-                if event.event_type != "moved" and Path(path).name.startswith("."):
-                    return  # a temp file being written: only its rename into place counts
-                complete = event.event_type in ("moved", "deleted", "closed") or (
-                    event.event_type == "created" and _has_content(path)
-                )
-                loop.call_soon_threadsafe(agent._on_file_event, complete)
-
-        observer = Observer()
-        self.config_dir.mkdir(parents=True, exist_ok=True)
-        observer.schedule(Handler(), str(self.config_dir), recursive=True)
-        observer.daemon = True
-        observer.start()
-        return observer
-
-    def _on_file_event(self, complete: bool) -> None:
-        """A rename into place, a deletion or a closed write is complete: when it comes alone,
-        the pass runs at once. Anything else (a write in progress, the next file of a burst)
-        starts or extends the quiet window."""
-        now = self.clock()
-        lone = self._last_file_event is None or now - self._last_file_event >= COALESCE_SECONDS
-        self._last_file_event = now
-        if not (complete and lone):
-            self._file_event_at = now
+    def _on_file_event(self, path: str, complete: bool, source: str | None = None) -> None:
+        """A rename into place, a deletion or a closed write is complete: when no other file
+        changed meanwhile, the pass runs at once. A write in progress or the next file of a
+        burst starts or extends the quiet window (:meth:`_coalesce`)."""
+        self._file_changes.note(path, complete=complete, now=self.clock(), source=source)
         self.wake()
 
     # --- one pass ---------------------------------------------------------------------------
@@ -520,6 +560,7 @@ class Agent:
             Path(hang).unlink()  # one hang per touch: the restarted agent must come up
             log.warning("test hook: hanging the loop", file=hang)
             time.sleep(3600)  # blocks the loop on purpose: the watchdog must catch it
+        began = time.monotonic()
         try:
             snapshot = await asyncio.to_thread(load_directory, self.config_dir, self._unit_cache)
         except QuayConfigError as error:
@@ -541,6 +582,9 @@ class Agent:
                 "action", kind=type(action).__name__.lower(), unit=action.unit, reason=action.reason
             )
             self._dispatch(action)
+        update_actions.start_checks(self)
+        if self.metrics is not None:
+            self.metrics.publish_agent(self, time.monotonic() - began)
 
     def _emit_transitions(self) -> None:
         """Events for states a pass enters that no action reports: backoff, stopped."""
@@ -563,7 +607,7 @@ class Agent:
         invalid: dict[str, tuple[str, ...]] = {}
         for name, loaded in snapshot.units.items():
             digest = None
-            if loaded.unit.image.pull == "always":
+            if loaded.unit.image.pull == "always" and loaded.unit.update.policy == "off":
                 record = self.executor.image(loaded.unit)
                 digest = record.manifest_digest if record is not None else None
             memo = self._hash_memo.get(name)
@@ -648,6 +692,7 @@ class Agent:
             history=dict(self.history),
             busy=dict(self.busy),
             leftovers=frozenset(self._leftovers()),
+            updates=update_actions.observe(self, desired or self.desired),
         )
 
     def _leftovers(self) -> set[str]:
@@ -665,7 +710,12 @@ class Agent:
             Start: "starting",
             Stop: "stopping",
             Remove: "removing",
+            Update: "stopping",
+            Rollback: "stopping",
         }
+        if isinstance(action, Fetch | Confirm):  # in the background, or at once: not busy
+            self.spawn(update_actions.perform(self, action))
+            return
         self.busy[action.unit] = kinds[type(action)]
         if isinstance(action, Start):
             self.events.emit(action.unit, "starting", action.reason)
@@ -679,11 +729,13 @@ class Agent:
         name = action.unit
         try:
             if isinstance(action, Pull):
-                await self._pull(name)
+                await self._pull(name, action.digest)
             elif isinstance(action, Start):
-                await self._start(name, action.hash)
+                await self._start(name, action.hash, action.digest)
             elif isinstance(action, Stop):
                 await self._stop(name, action.why)
+            elif isinstance(action, Update | Rollback):
+                await update_actions.perform(self, action)
             else:
                 await self._work(self.executor.release, name, self._all_units())
                 self._peers_changed()
@@ -730,14 +782,20 @@ class Agent:
 
     # --- actions ----------------------------------------------------------------------------
 
-    async def _pull(self, name: str) -> None:
+    async def _pull(self, name: str, digest: str | None = None) -> None:
         unit = self.desired.units[name].unit
         state = self.pulls.setdefault(name, PullState())
         state.pulling = True
         self.events.emit(name, "pulling", f"pulling {unit.container.image}")
         try:
-            record = await self._work(self.executor.pull, unit, self._pull_progress(name))
+            if digest is None:
+                record = await self._work(self.executor.pull, unit, self._pull_progress(name))
+            else:  # the digest an update wants (its target, or the one rolled back to)
+                reference = update_actions.pull_reference(self, name, digest)
+                record = await self._work(self.executor.pull_reference, reference)
         except ExecutorError as error:
+            if digest is not None:
+                update_actions.pulled(self, name, digest, str(error))
             state.failures += 1
             state.error = str(error)
             state.retry_at = self.clock() + pull_backoff(state.failures)
@@ -763,6 +821,8 @@ class Agent:
         last = [0.0]
 
         def report(step: PullProgress) -> None:
+            if self.metrics is not None and step.kind == "layer":
+                self.metrics.on_pull_step(step.phase, step.total)
             if step.kind != "layer":
                 return
             layers[step.digest] = (step.done, step.total)
@@ -781,7 +841,7 @@ class Agent:
 
         return report
 
-    async def _start(self, name: str, wanted_hash: str) -> None:
+    async def _start(self, name: str, wanted_hash: str, digest: str | None = None) -> None:
         desired = self.desired.units[name]
         unit = desired.unit
         notify = None
@@ -798,6 +858,9 @@ class Agent:
                 self._all_units(),
                 terminal=adhoc is not None and adhoc.tty,
                 console_size=adhoc.console_size if adhoc is not None else None,
+                pipes=adhoc is not None,  # relayed (to the log, and its clients): relay.py
+                stdin=adhoc is not None and adhoc.interactive,
+                digest=digest,
             )
         except Exception as error:
             if notify is not None:
@@ -822,6 +885,12 @@ class Agent:
                 adhoc.console = launched.console
             else:
                 os.close(launched.console)
+        if launched.pipes is not None:
+            if adhoc is not None and self.adhoc.get(name) is adhoc:
+                adhoc.relay = Relay(name, launched.pipes, hold=adhoc.attach)
+                adhoc.relay.start()
+            else:
+                launched.pipes.close()
         previous_hash, count = self.starts.get(name, ("", 0))
         self.starts[name] = (wanted_hash, count + 1 if previous_hash == wanted_hash else 1)
         self._track(name, launched, notify=notify)
@@ -912,6 +981,7 @@ class Agent:
             oom=result.oom,
             ready=live.ready_at is not None,
             stopped_for=stopped_for,
+            digest=live.record.image_digest,
         )
         self.history[live.name] = record_exit(self.history.get(live.name), exit_, live.record.unit)
         self.exits.setdefault(live.name, deque(maxlen=10)).append(exit_)
@@ -1057,6 +1127,7 @@ class Agent:
                     record=record,
                     oom_events=events,
                     ready_at=ready_at,
+                    adopted_at=self.clock(),
                 )
                 self.live[found.name] = live
                 self.starts[found.name] = (record.hash, 1)
@@ -1080,6 +1151,7 @@ class Agent:
                         signal=result.signal,
                         oom=result.oom,
                         ready=record.ready_at is not None,
+                        digest=record.image_digest,
                     ),
                     record.unit,
                 )
@@ -1313,41 +1385,32 @@ class Agent:
     async def _api_run(self, params: Mapping[str, Any]) -> Any:
         """An ad-hoc unit: in memory only, restart policy "no", through the normal passes.
         Answers once its container started (or the unit failed to)."""
-        image = params.get("image")
-        if not isinstance(image, str) or not image:
-            raise RequestError("bad-request", "image must be an image reference")
-        argv = params.get("argv")
-        if argv is not None and (
-            not isinstance(argv, list) or not all(isinstance(a, str) for a in argv)
-        ):
-            raise RequestError("bad-request", "argv must be a list of strings")
-        ports = params.get("ports") or []
-        if not isinstance(ports, list) or not all(isinstance(p, str) for p in ports):
-            raise RequestError("bad-request", 'ports must be a list of "HOST:CONTAINER" strings')
+        document = adhoc_request.unit_document(params)
+        image, argv = params["image"], params.get("argv")
         tty, rm = params.get("tty", False), params.get("rm", True)
-        if not isinstance(tty, bool) or not isinstance(rm, bool):
-            raise RequestError("bad-request", "tty and rm are true or false")
+        interactive, attach = params.get("interactive", False), params.get("attach", tty)
+        if not all(isinstance(flag, bool) for flag in (tty, rm, interactive, attach)):
+            raise RequestError("bad-request", "tty, rm, interactive and attach are true or false")
         size = _console_size(params.get("console_size"))
         name = params.get("name") or self._run_name()
         if not isinstance(name, str) or not UNIT_NAME.fullmatch(name):
             raise RequestError("bad-request", f"{name!r} is not a unit name")
         if name in self._names() or (self.config_dir / f"{name}.toml").exists():
             raise RequestError("conflict", f"a unit {name!r} exists already")
-        document: dict[str, Any] = {
-            "container": {
-                "image": image,
-                "labels": {ADHOC_LABEL: "true"},
-                **({"args": argv} if argv else {}),
-            },
-            "restart": {"policy": "no"},
-            "network": {"ports": ports},
-        }
         try:
             unit = Unit.model_validate(document)
         except ValueError as error:
             raise RequestError("bad-request", f"cannot run {image}: {error}") from None
         self._check_ports(name, unit)
-        adhoc = AdHoc(unit=unit, hash=unit_hash(unit, None), tty=tty, rm=rm, console_size=size)
+        adhoc = AdHoc(
+            unit=unit,
+            hash=unit_hash(unit, None),
+            tty=tty,
+            rm=rm,
+            console_size=size,
+            interactive=interactive and not tty,
+            attach=attach,
+        )
         self.adhoc[name] = adhoc
         log.info("ad-hoc unit", unit=name, image=image, argv=argv, tty=tty, rm=rm)
         await self._next_pass()
@@ -1358,7 +1421,8 @@ class Agent:
             failure = self.errors.get(name) or (pull.error if pull is not None else None)
             if failure and name not in self.busy:
                 self._drop_adhoc(name)
-                raise RequestError("failed", f"cannot run {image}: {failure}")
+                code = adhoc_request.start_failure_code(failure) or "failed"
+                raise RequestError(code, f"cannot run {image}: {failure}")
             await asyncio.sleep(0.05)
         live = self.live.get(name)
         return {"unit": name, "pid": live.pid if live is not None else None, "tty": tty}
@@ -1391,11 +1455,14 @@ class Agent:
     def _adhoc_ended(self, name: str, adhoc: AdHoc, exit_: Exit) -> None:
         adhoc.exit = exit_
         adhoc.ended.set()
+        if adhoc.relay is not None:
+            adhoc.relay.finish(_exit_json(exit_))
         if adhoc.attached:
             _close_console(adhoc)
         if not adhoc.rm or self.adhoc.get(name) is not adhoc:
             return
-        if adhoc.attached or adhoc.console is None:
+        awaited = adhoc.relay.awaited if adhoc.relay is not None else adhoc.console is not None
+        if adhoc.attached or not awaited:
             self._drop_adhoc(name)
         else:  # its client has not attached yet: let it get the output and the status
             asyncio.get_running_loop().call_later(ATTACH_GRACE, self._drop_adhoc, name, adhoc)
@@ -1410,6 +1477,18 @@ class Agent:
         self.holds.discard(name)
         log.info("ad-hoc unit removed", unit=name)
         self.wake()
+
+    async def _api_kill(self, params: Mapping[str, Any]) -> Any:
+        """Send a signal to the unit's container process (``quayctl run`` forwards its own)."""
+        name = self._known(params)
+        signal_name = adhoc_request.signal_param(params)
+        if name not in self.live:
+            raise RequestError("conflict", f"{name} is not running")
+        try:
+            await self._work(self.executor.signal, name, signal_name)
+        except Exception as error:
+            raise RequestError("failed", f"cannot signal {name}: {error}") from error
+        return {"unit": name, "signal": signal_name}
 
     async def _api_remove(self, params: Mapping[str, Any]) -> Any:
         name = self._known(params)
@@ -1467,6 +1546,16 @@ class Agent:
                     return
                 name = await asyncio.wait_for(_read_line(loop, connection), 10.0)
                 adhoc = self.adhoc.get(name)
+                if adhoc is not None and adhoc.relay is not None:
+                    terminal = adhoc.console is not None
+                    if adhoc.console is not None:  # its input and size: the client's own
+                        socket.send_fds(connection, [b"+"], [adhoc.console])
+                    adhoc.attached = True
+                    log.info("attached", unit=name, pid=pid, terminal=terminal)
+                    await adhoc.relay.serve(connection, announce=not terminal)
+                    if adhoc.rm and adhoc.exit is not None:  # it ended before it attached
+                        self._drop_adhoc(name, adhoc)
+                    return
                 if adhoc is None or adhoc.console is None:
                     why = "no such ad-hoc unit" if adhoc is None else "it has no terminal"
                     await loop.sock_sendall(connection, f"-{name}: {why}\n".encode())
@@ -1534,6 +1623,7 @@ class Agent:
             digest = None
             if (
                 loaded.unit.image.pull == "always"
+                and loaded.unit.update.policy == "off"
                 and self.executor.reference(loaded.unit) in present
             ):
                 record = self.executor.image(loaded.unit)
@@ -1550,15 +1640,6 @@ class Agent:
             "actions": [_action_json(action) for action in self.plan.actions],
             "wake_at": self.plan.wake_at,
         }
-
-
-def _has_content(path: str) -> bool:
-    """A file that appears with content was moved in from elsewhere (a write into a new file
-    starts empty): it is complete. inotify reports such a move as a creation."""
-    try:
-        return os.stat(path).st_size > 0
-    except OSError:
-        return False
 
 
 def _megabytes(count: int) -> str:

@@ -13,6 +13,8 @@ for a dozen routes on a unix socket. This module maps HTTP onto the agent's hand
   response until the iterator ends or the client goes away (the iterator is then closed). An
   error once the stream has begun ends it with one last line, ``{"error": {...}}`` (a
   :class:`RequestError` raised by the iterator gives its own code and message).
+* Before a handler runs, its parameters are checked against :mod:`request_schema` (known keys,
+  values of the right kinds, no NUL): bad input is a 400 of ours, never a handler's exception.
 * Errors are ``{"error": {"code": CODE, "message": TEXT}}`` with the HTTP status of the code
   (:data:`HTTP_STATUS`). A handler chooses one by raising :class:`RequestError`; any other
   exception is logged and answered ``failed`` (500), and the server goes on. A request that is
@@ -51,6 +53,7 @@ import h11
 import structlog
 
 from quayd import __version__
+from quayd.agent import request_schema
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any] | AsyncIterator[Any]]
 """``async def h(params) -> result``; a streaming one may also be an async generator function."""
@@ -93,9 +96,11 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/units/{name}/restart", "restart"),
     Route("POST", "/v1/units/{name}/exec", "exec"),
     Route("POST", "/v1/units/{name}/remove", "remove"),
+    Route("POST", "/v1/units/{name}/kill", "kill"),
     Route("POST", "/v1/run", "run"),
     Route("POST", "/v1/reload", "reload"),
     Route("POST", "/v1/images/pull", "image_pull"),
+    Route("POST", "/v1/update", "update"),
 )
 """Every route and the name of the handler that answers it (a missing handler answers 501)."""
 
@@ -468,6 +473,9 @@ class ApiServer:
         except _RequestFailedError as error:
             close = error.code in ("timeout", "too-large")  # the rest of the body is not wanted
             return _error_reply(error.code, error.message, close=close)
+        refused = request_schema.problem(name, params)
+        if refused is not None:
+            return _error_reply("bad-request", f"{method} {route.path}: {refused}")
         return await self._call(conn, name, handler, params)
 
     async def _call(
@@ -682,6 +690,10 @@ async def _params(
         raise _RequestFailedError("bad-request", f"the body is not JSON: {error}") from None
     if not isinstance(body, dict):
         raise _RequestFailedError("bad-request", "the body must be a JSON object")
+    for key in sorted(found.keys() & body.keys()):
+        raise _RequestFailedError(
+            "bad-request", f"{key!r} is in the path; the body may not repeat it"
+        )
     params.update(body)
     return params
 

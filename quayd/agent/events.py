@@ -38,6 +38,11 @@ KINDS = frozenset(
         "held",
         "released",
         "lost",
+        "update-available",
+        "update-check-failed",
+        "updating",
+        "updated",
+        "update-failed",
     }
 )
 

@@ -422,6 +422,7 @@ def test_the_lean_commands_import_no_pydantic_httpx_aiohttp(
         "quayd.cli.client",
         "quayd.cli.status",
         "quayd.cli.control",
+        "quayd.cli.run_parser",  # run's and attach's options: argparse only
     }
 
 
@@ -445,18 +446,40 @@ def test_routes_answer_json_on_one_kept_alive_connection(server: ApiServer, agen
 
 
 def test_params_merge_path_query_and_body_and_the_body_wins(server: ApiServer) -> None:
-    body = json.dumps({"argv": ["true"], "timeout": 5, "extra": "body"}).encode()
-    status, reply = call(server.path, "POST", "/v1/units/web/exec?extra=query&q=1", body)
+    body = json.dumps({"argv": ["true"], "timeout": 5}).encode()
+    status, reply = call(server.path, "POST", "/v1/units/web/exec?timeout=query&argv=q", body)
     assert status == 200
-    assert reply == {
-        "params": {"name": "web", "q": "1", "extra": "body", "argv": ["true"], "timeout": 5}
-    }
+    assert reply == {"params": {"name": "web", "argv": ["true"], "timeout": 5}}
     # No body, an empty one and whitespace are all "no params".
     for empty in (None, b"", b" \n"):
         assert call(server.path, "POST", "/v1/units/web/exec", empty) == (
             200,
             {"params": {"name": "web"}},
         )
+
+
+@pytest.mark.parametrize(
+    ("target", "body", "message"),
+    [
+        ("/v1/units/web/exec", {"argv": ["true"], "timout": 5}, "unknown parameter 'timout'"),
+        ("/v1/units/web/exec?extra=1", {"argv": ["true"]}, "unknown parameter 'extra'"),
+        ("/v1/units/web/exec", {"name": "db"}, "'name' is in the path"),
+        ("/v1/units/web/exec", {"argv": "true"}, "argv must be a list of strings"),
+        ("/v1/units/web/exec", {"argv": ["a\0b"]}, "argv holds a NUL"),
+        ("/v1/units/web/exec", {"timeout": -1}, "timeout must be a number of seconds"),
+        ("/v1/units/web/exec", {"timeout": True}, "timeout must be a number of seconds"),
+        ("/v1/units/web/exec?timeout=5", None, "timeout must be a number of seconds"),
+        ("/v1/units/web%00/exec", None, "name holds a NUL"),
+    ],
+)
+def test_parameters_the_handler_does_not_take_are_refused_before_it_runs(
+    server: ApiServer, target: str, body: Any, message: str
+) -> None:
+    raw = json.dumps(body).encode() if body is not None else None
+    status, reply = call(server.path, "POST", target, raw)
+    assert status == 400, reply
+    assert reply["error"]["code"] == "bad-request"
+    assert message in reply["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -498,7 +521,7 @@ def test_a_bad_request_gets_a_json_error_and_the_server_goes_on(  # noqa: PLR091
 
 def test_a_body_over_1_mib_is_refused_with_413(server: ApiServer) -> None:
     def padded(size: int) -> bytes:
-        body = json.dumps({"pad": ""}).encode()
+        body = json.dumps({"argv": [""]}).encode()
         return body.replace(b'""', b'"' + b"x" * (size - len(body)) + b'"')
 
     fits = padded(MAX_BODY)

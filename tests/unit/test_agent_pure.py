@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from quayd.reconcile.health import HealthSpec, HealthState, ImageHealthcheck, health_spec, judge
-from quayd.reconcile.records import ContainerRecord, read_record, unit_hash, write_record
+from quayd.reconcile.records import (
+    LATER_KEYS,
+    ContainerRecord,
+    read_record,
+    unit_hash,
+    write_record,
+)
 from quayd.units.model import Unit
 
 
@@ -37,6 +45,18 @@ def test_the_hash_ignores_how_a_unit_is_written() -> None:
 )
 def test_any_change_changes_the_hash(change: dict[str, Any]) -> None:
     assert unit_hash(unit(**change)) != unit_hash(unit(container={"env": {"A": "1"}}))
+
+
+def test_keys_added_later_keep_the_old_hash_at_their_default() -> None:
+    base = unit(container={"env": {"A": "1"}})
+    dumped = base.model_dump(mode="json", exclude={"update"})
+    for section, keys in LATER_KEYS.items():
+        for key in keys:
+            del dumped[section][key]  # what the unit was before the key existed
+    older = json.dumps({"unit": dumped}, sort_keys=True, separators=(",", ":"))
+    assert unit_hash(base) == hashlib.sha256(older.encode()).hexdigest()[:16]
+    allowed = unit(container={"env": {"A": "1"}, "user_namespaces": True})
+    assert unit_hash(allowed) != unit_hash(base)
 
 
 def test_the_image_digest_joins_the_hash_when_given() -> None:
