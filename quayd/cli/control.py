@@ -1,6 +1,7 @@
 """quayctl's commands that steer or watch the agent: show, logs, events, wait, start, stop,
-restart, exec, run, rm and reload (``status``, ``ping`` and ``plan`` are in
-:mod:`quayd.cli.quayctl`; ``exec -i/-t`` and ``run`` load :mod:`quayd.cli.terminal`).
+restart, exec, rm and reload (``status``, ``ping`` and ``plan`` are in
+:mod:`quayd.cli.quayctl`; ``exec -i/-t`` loads :mod:`quayd.cli.terminal`; ``run`` and ``attach``
+are :mod:`quayd.cli.run`, with Docker's exit codes).
 
 Lean like ``status``: the standard library, :mod:`quayd.cli.client` and :mod:`quayd.cli.status`
 (the pure formatting), nothing heavier; ``logs`` loads :mod:`quayd.cli.logs` when it runs.
@@ -35,8 +36,10 @@ CONTROL_COMMANDS = (
     "restart",
     "exec",
     "run",
+    "attach",
     "rm",
     "reload",
+    "update",
 )
 _AGENT_FAULTS = frozenset({"not-implemented", "bad-reply", "timeout", "too-large"})
 
@@ -77,6 +80,7 @@ def add_parser(commands: Any, name: str, help_: str, description: str, *lines: s
 
 def add_control_commands(commands: Any) -> None:
     """Register the commands of this module (on the full parser and the lean one alike)."""
+    add_update_command(commands)
     show = add_parser(
         commands,
         "show",
@@ -235,49 +239,10 @@ def add_control_commands(commands: Any) -> None:
 
 
 def add_run_commands(commands: Any) -> None:
-    """``run`` and ``rm``: ad-hoc units."""
-    run = add_parser(
-        commands,
-        "run",
-        "run an image as an ad-hoc unit",
-        "Run IMAGE (pulled if missing) as an ad-hoc unit: the agent keeps it in memory only "
-        '(never in the config directory), with restart policy "no", on the bridge with the '
-        "published ports; status, show, events and logs see it like any unit. CMD replaces the "
-        "image's Cmd. With -it the container's process gets a terminal, attached to this one "
-        "until it ends; the unit is then removed (--no-rm keeps it listed as exited). Without "
-        "-t quayctl prints the unit's name and returns at once (docker run -d): `quayctl logs` "
-        "reads its output, `quayctl stop` stops it, `quayctl rm` removes it. Root only. Exit "
-        "status: with -t, CMD's (killed by signal N: 128+N); else 0; 1 refused (a name taken, "
-        "a port published already, the image cannot be pulled); 2 -t without a terminal; 4 "
-        "the agent cannot be reached.",
-        "quayctl run --rm -it localhost/busybox:1.36 sh",
-        "quayctl run -p 9090:80 --name web2 localhost/busybox:1.36 httpd -f -p 80",
-    )
-    run.add_argument("image", metavar="IMAGE")
-    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD ...")
-    run.add_argument("-i", "--interactive", action="store_true", help="pass stdin on (with -t)")
-    run.add_argument(
-        "-t", "--tty", action="store_true", help="a terminal for the process, attached here"
-    )
-    run.add_argument(
-        "-d", "--detach", action="store_true", help="do not attach (the default without -t)"
-    )
-    run.add_argument(
-        "--rm",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="remove the unit once it ended (default: with -t)",
-    )
-    run.add_argument(
-        "-p",
-        "--publish",
-        action="append",
-        metavar="HOST:CONTAINER",
-        help="publish a port, as ports in a unit file (repeatable)",
-    )
-    run.add_argument("--name", metavar="NAME", help="the unit's name (default run-XXXXXX)")
-    _timeout(run, 600.0)
-    run.set_defaults(handler=cmd_run)
+    """``run``, ``attach`` (:mod:`quayd.cli.run_parser`) and ``rm``: ad-hoc units."""
+    from quayd.cli import run_parser  # noqa: PLC0415
+
+    run_parser.add_parsers(commands, _timeout)
 
     rm = add_parser(
         commands,
@@ -302,6 +267,32 @@ def _timeout(parser: argparse.ArgumentParser, default: float) -> None:
         metavar="SECONDS",
         help=f"wait for the agent at most this long (default {default:g})",
     )
+
+
+def add_update_command(commands: Any) -> None:
+    update = add_parser(
+        commands,
+        "update",
+        "check units with [update] now and update them",
+        "Ask the registry for the tag of each unit with [update] (or each NAME) now, and update "
+        "each that has a new digest, outside the update window; --dry-run only says what would "
+        "update, from which digest to which. A digest that failed before (rolled back) is not "
+        "tried again until the tag moves. Exit status: 0; 1 no such unit with [update], or the "
+        "agent refused; 4 the agent cannot be reached.",
+        "quayctl update --dry-run",
+        "quayctl update web && quayctl wait web",
+    )
+    update.add_argument("names", nargs="*", metavar="NAME", help="only these units")
+    update.add_argument("--dry-run", action="store_true", help="say what would update, only")
+    update.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
+    _timeout(update, 120.0)
+    update.set_defaults(handler=_cmd_update)
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    from quayd.cli.update import cmd_update  # noqa: PLC0415 - only when the command runs
+
+    return cmd_update(args)
 
 
 # --- calling the agent ---------------------------------------------------------------------------
@@ -415,12 +406,6 @@ def cmd_exec(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.write(str(reply.get("stderr") or ""))
     return exit_status(reply.get("code"))
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from quayd.cli import terminal  # noqa: PLC0415
-
-    return terminal.run(args)
 
 
 def exit_status(code: Any) -> int:

@@ -22,6 +22,8 @@ from quayd.images.pull import pull, repair
 from quayd.images.registry import RegistryClient
 from quayd.images.store import Store, record_to_json
 from quayd.images.unpack import UnpackLimits
+from quayd.images.versions import by_digest_reference
+from quayd.reconcile.records import UPDATES, read_update_record
 from quayd.units.directory import ConfigDirError, LoadedUnit, UnitFiles, discover, load_files
 from quayd.units.findings import QuayConfigError
 from quayd.units.loader import parse_layers, read_source
@@ -144,7 +146,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    keep = _unit_references(Path(settings.config_dir)) if args.unused else None
+    keep = None
+    if args.unused:
+        references = _unit_references(Path(settings.config_dir))
+        keep = references + update_references(Path(settings.state_dir), references)
     report = _store(settings).prune(keep=keep)
     for reference in report.removed_images:
         print(f"removed {reference}")
@@ -170,6 +175,19 @@ def _unit_references(config_dir: Path) -> list[str]:
         else:
             references += _image_named_by(unit_files)
     return references
+
+
+def update_references(state_dir: Path, references: list[str]) -> list[str]:
+    """``REPOSITORY@DIGEST`` of each digest an update record needs (the current one, the one
+    being rolled out), in the repositories of ``references``: a version pulled by digest for an
+    update or a rollback is kept as long as the tag's own versions are."""
+    records = state_dir / UPDATES
+    digests = set()
+    if records.is_dir():
+        for path in records.glob("*.json"):
+            record = read_update_record(state_dir, path.stem)
+            digests |= {d for d in (record.current, record.target) if d is not None}
+    return [by_digest_reference(ref, digest) for ref in references for digest in sorted(digests)]
 
 
 def _image_named_by(files: UnitFiles) -> list[str]:

@@ -1,13 +1,15 @@
 """``quayctl logs``: a unit's container output, from journald or from its log file.
 
 Where journald runs (``/run/systemd/journal/stdout`` is a socket) the agent hands each container
-a stream to it, tagged with the unit's scope, and ``journalctl -u quay-NAME.scope`` reads it (and
-follows it across container restarts: the scope's name stays). Elsewhere the container appends to
-``STATE_DIR/logs/NAME.log`` and this module reads it: the last N lines, then, following, what is
-appended. The agent caps the file in place: ``FALLOC_FL_COLLAPSE_RANGE`` drops whole blocks from
-the front (or, where the filesystem cannot, the file is emptied). A follower notices that the
-bytes before its position are no longer what it read, finds the end of what it printed in the
-file again, and goes on from there (from the start when it cannot: the file was emptied).
+a stream to it, tagged with the unit's scope, and ``journalctl _SYSTEMD_UNIT=quay-NAME.scope``
+reads it (and follows it across container restarts: the scope's name stays), with the lines the
+agent relayed for an ad-hoc unit (``SYSLOG_IDENTIFIER=quay-NAME``, written by root). Elsewhere
+the container appends to ``STATE_DIR/logs/NAME.log`` and this module reads it: the last N lines,
+then, following, what is appended. The agent caps the file in place:
+``FALLOC_FL_COLLAPSE_RANGE`` drops whole blocks from the front (or, where the filesystem cannot,
+the file is emptied). A follower notices that the bytes before its position are no longer what
+it read, finds the end of what it printed in the file again, and goes on from there (from the
+start when it cannot: the file was emptied).
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ def journald_running(socket_path: Path | None = None) -> bool:
 
 
 def journalctl_argv(args: argparse.Namespace) -> list[str]:
-    argv = ["journalctl", "-u", f"quay-{args.name}.scope", "-o", "cat", "--no-pager"]
+    # What the container wrote (journald attributes it to the writer: the scope), or what the
+    # agent relayed for it under its identifier (``quayctl run`` without -t: the writer is the
+    # agent, root); not ``-u``, which the relayed lines do not match.
+    matches = [f"_SYSTEMD_UNIT=quay-{args.name}.scope", "+", f"SYSLOG_IDENTIFIER=quay-{args.name}"]
+    argv = ["journalctl", *matches, "_UID=0", "-o", "cat", "--no-pager"]
     if args.lines is not None:
         argv += ["-n", str(args.lines)]
     if args.since is not None:

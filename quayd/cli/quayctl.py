@@ -1,6 +1,7 @@
-"""quayctl: the operator's tool. ``validate``, ``render`` and ``image`` work without the agent;
-``status``, ``ping``, ``plan`` and the commands of :mod:`quayd.cli.control` (``show``, ``events``,
-``wait``, ``start``, ``stop``, ``restart``, ``exec``, ``run``, ``rm``, ``reload``) ask the agent
+"""quayctl: the operator's tool. ``validate``, ``render``, ``image`` and ``export``/``import kube``
+(:mod:`quayd.cli.kube`) work without the agent; ``status``, ``ping``, ``plan`` and the commands
+of :mod:`quayd.cli.control` (``show``, ``events``, ``wait``, ``start``, ``stop``, ``restart``,
+``exec``, ``run``, ``rm``, ``reload``) ask the agent
 over its API socket (``RUN_DIR/quayd.sock``, docs/api.md); ``logs`` reads journald or the log
 file.
 
@@ -45,8 +46,10 @@ AGENT_COMMANDS = (
     "restart",
     "exec",
     "run",
+    "attach",
     "rm",
     "reload",
+    "update",
 )
 
 # The lean twin of quayd.cli.common's global options (importing that module loads pydantic);
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     from quayd.cli.common import add_global_options  # noqa: PLC0415
     from quayd.cli.completion import add_completion_command  # noqa: PLC0415
     from quayd.cli.image_commands import add_image_commands  # noqa: PLC0415
+    from quayd.cli.kube import add_kube_commands  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog="quayctl",
@@ -101,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.set_defaults(handler=cmd_render)
     add_image_commands(commands)
+    add_kube_commands(commands)
     add_agent_commands(commands)
     add_completion_command(commands)
     return parser
@@ -222,7 +227,8 @@ def add_agent_commands(commands: Any) -> None:
         "Show the agent and its units: state, health, image and digest, address, published "
         "ports, restarts, uptime (or the last exit) and why each is where it is; coloured on a "
         "terminal (not with NO_COLOR set). Exit status: 0 every unit (or each NAME) is running "
-        "and ready, has exited, or was stopped by an operator; 3 some unit is in another state; "
+        "and ready, has exited, or was stopped by an operator; 3 some unit is in another state "
+        "or its file is invalid (even while its last good version runs); "
         "4 the agent cannot be reached, or a NAME is not one of its units.",
         "quayctl status",
         "quayctl status web worker",

@@ -8,7 +8,12 @@ and a payload from a newer agent (a state or key this quayctl does not know) sti
 
 Exit codes follow supervisorctl's, so scripts can wait on them: 0 when every unit is running and
 ready, has exited (as its restart policy allows) or was stopped by an operator, 3 when some unit
-is in any other state, 4 when the agent cannot be reached or a unit asked for does not exist.
+is in any other state or its file is invalid (even while its last good version runs: the files
+are not what runs), 4 when the agent cannot be reached or a unit asked for does not exist.
+
+A unit whose file is invalid but whose last good version still runs comes from the agent as that
+version's state with the file's findings; here it is listed and counted as invalid, with that
+state beside it ("invalid (running)") and its container's columns as they are.
 """
 
 from __future__ import annotations
@@ -44,9 +49,25 @@ _LIVE = frozenset({"starting", "running", "stopping"})  # states with a process 
 _FINDING_INDENT = "    "
 
 
+def file_invalid(unit: Unit) -> bool:
+    """The unit's file is invalid: the agent sends only a file's errors as findings."""
+    return unit.get("state") == "invalid" or bool(unit.get("findings"))
+
+
+def shown_state(unit: Unit) -> str:
+    """The state as listed: "invalid" for an invalid file, with the state of the last good
+    version beside it while one is there ("invalid (running)")."""
+    state = str(unit.get("state"))
+    if state != "invalid" and file_invalid(unit):
+        return f"invalid ({state})"
+    return state
+
+
 def unit_is_fine(unit: Unit) -> bool:
-    """Running and ready, exited (an exit the restart policy does not undo is not a fault), or
-    stopped by an operator (``quayctl stop``: as the operator wants it)."""
+    """Its file valid and it running and ready, exited (an exit the restart policy does not
+    undo is not a fault), or stopped by an operator (``quayctl stop``: as the operator wants it)."""
+    if file_invalid(unit):
+        return False
     state = unit.get("state")
     return state in ("exited", "stopped") or (state == "running" and unit.get("ready") is True)
 
@@ -89,13 +110,14 @@ def format_header(payload: Payload, now: float) -> str:
     "quayd 0.1.0 (pid 123), up 2h03m, /etc/quay.d: 4 units: 2 running, 1 backoff, 0 invalid".
 
     ``running`` and ``invalid`` are always counted (the two numbers an operator looks for); the
-    other states only when some unit is in them.
+    other states only when some unit is in them. A unit whose file is invalid counts as invalid,
+    even while its last good version runs.
     """
     agent = payload.get("agent", {})
     units = payload.get("units", [])
     counts: dict[str, int] = {}
     for unit in units:
-        state = str(unit.get("state"))
+        state = "invalid" if file_invalid(unit) else str(unit.get("state"))
         counts[state] = counts.get(state, 0) + 1
     middle = [s for s in _HEADER_ORDER if s not in ("running", "invalid") and counts.get(s)]
     newer = sorted(
@@ -260,7 +282,7 @@ def table_row(unit: Unit, now: float) -> tuple[str, ...]:
     ports = unit.get("ports") or []
     return (
         _clean(str(unit.get("name"))),
-        _clean(str(unit.get("state"))),
+        _clean(shown_state(unit)),
         _clean(str(unit.get("health") or "-")),
         _clean(image_cell(unit)),
         _clean(str(unit.get("ip") or "-")),
@@ -296,7 +318,7 @@ def format_table(
     for index, row in enumerate(rows):
         cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
         if index:
-            cells[1] = paint(cells[1], row[1], colour)
+            cells[1] = paint(cells[1], row[1].split(" ", 1)[0], colour)
             cells[2] = paint(cells[2], row[2], colour)
         lines.append("  ".join([*cells, "" if below else truncate(row[-1], room)]).rstrip())
         if not index:
@@ -363,7 +385,7 @@ def _exit_line(exit_: Mapping[str, Any], now: float) -> str:
 def format_show(reply: Mapping[str, Any], now: float) -> str:
     """``quayctl show NAME``: one unit in detail, as the agent's ``GET /v1/units/NAME``."""
     state = str(reply.get("state"))
-    head = f"{reply.get('name')}: {state}"
+    head = f"{reply.get('name')}: {shown_state(reply)}"
     if state == "running":
         head += ", ready" if reply.get("ready") else ", not ready"
     if reply.get("held"):

@@ -1,14 +1,16 @@
 """quayctl's interactive commands: ``exec -i/-t`` and ``run`` (its ``-t`` attach).
 
 * ``exec -it NAME CMD…`` runs the OCI runtime itself (root only, as the exec API): it replaces
-  quayctl with ``crun --root RUN_DIR/crun [--systemd-cgroup] exec --tty NAME CMD…``
-  (:meth:`quayd.isolation.runtime.OciRuntime.exec_argv`), which makes a terminal in the
-  container and relays it to quayctl's own.
-* ``run [-it] IMAGE [CMD…]`` asks the agent for an ad-hoc unit (``POST /v1/run``). With ``-t``
-  it then connects to ``RUN_DIR/attach.sock``, receives the master of the container's terminal
-  (``SCM_RIGHTS``), puts its own terminal in raw mode, forwards window size changes, copies
-  stdin → master → stdout until the container's process ends, and exits with its status (which
-  the agent sends on the attach connection).
+  quayctl with ``crun --root RUN_DIR/crun [--systemd-cgroup] exec --tty --process FILE NAME``
+  (:meth:`quayd.isolation.runtime.OciRuntime.exec_argv`; FILE the container's own process with
+  CMD, as every exec of quay's), which makes a terminal in the container and relays it to
+  quayctl's own.
+* ``run -t`` and ``attach`` (:mod:`quayd.cli.run`) to a unit with a terminal: on
+  ``RUN_DIR/attach.sock`` quayctl receives the master of the container's terminal
+  (``SCM_RIGHTS``), puts its own terminal in raw mode, forwards window size changes and copies
+  stdin to the master; the agent reads the terminal (so its output also reaches the log) and
+  sends its output as frames on the same connection, then the exit frame, whose status quayctl
+  exits with.
 
 Standard library only, like the rest of quayctl's agent commands (the runtime module is loaded
 for ``exec -it`` alone).
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import os
 import select
 import signal
@@ -29,9 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from quayd.cli.control import (
-    EXIT_OK,
     EXIT_REFUSED,
-    EXIT_UNREACHABLE,
     EXIT_USAGE,
     call,
     exit_status,
@@ -40,6 +39,8 @@ from quayd.cli.control import (
 
 ATTACH_SOCKET = "attach.sock"
 """``RUN_DIR/attach.sock`` (``quayd.agent.agent.ATTACH_SOCKET`` says the same)."""
+EXIT_FAILED = 125
+"""``run``'s and ``attach``'s own failure, as Docker's (``quayd.cli.run.EXIT_FAILED``)."""
 EXIT_WAIT = 10.0
 """Seconds to wait for the exit status once the terminal closed."""
 _CHUNK = 65536
@@ -88,6 +89,7 @@ def runtime_exec_argv(
 ) -> list[str] | None:
     """The runtime's command line as the agent would run it (its runtime, root, cgroup driver)."""
     from quayd.cli.quayctl import DEFAULT_RUN_DIR, setting_dir  # noqa: PLC0415
+    from quayd.isolation.exec_io import process_file  # noqa: PLC0415
     from quayd.isolation.runtime import OciRuntime, RuntimeCommandError  # noqa: PLC0415
 
     run_dir = setting_dir(args, "run_dir", DEFAULT_RUN_DIR)
@@ -97,8 +99,12 @@ def runtime_exec_argv(
     systemd = driver == "systemd" or (driver == "auto" and Path("/run/systemd/system").is_dir())
     runtime = OciRuntime(runtime_name, run_dir=run_dir, systemd_cgroup=systemd)
     try:
-        return runtime.exec_argv(container_id, argv, tty=tty)
-    except RuntimeCommandError as error:
+        # The container's own process settings (no_new_privs, capabilities, rlimits, user),
+        # in a memfd the runtime reads after quayctl has become it.
+        process = runtime.exec_process(container_id, argv, terminal=tty)
+        fd = process_file(process)
+        return runtime.exec_argv(container_id, f"/proc/self/fd/{fd}", tty=tty)
+    except (RuntimeCommandError, OSError) as error:
         print(f"quayctl exec: {error}", file=sys.stderr)
         return None
 
@@ -123,81 +129,27 @@ def runtime_settings(config: Path | None) -> tuple[str, str]:
     )
 
 
-# --- run -----------------------------------------------------------------------------------------
+# --- run -t, attach ------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> int:
-    """``quayctl run``: an ad-hoc unit; with ``-t``, attached to this terminal until it ends."""
-    if args.interactive and not args.tty:
-        print("quayctl run: -i needs -t (stdin is given through a terminal)", file=sys.stderr)
-        return EXIT_USAGE
-    if args.tty and not os.isatty(0):
-        print("quayctl run: -t needs a terminal as input (drop -it)", file=sys.stderr)
-        return EXIT_USAGE
-    argv = list(args.argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    body: dict[str, Any] = {
-        "image": args.image,
-        "ports": list(args.publish or []),
-        "tty": bool(args.tty),
-        "rm": args.tty if args.rm is None else bool(args.rm),
-    }
-    if argv:
-        body["argv"] = argv
-    if args.name:
-        body["name"] = args.name
-    if args.tty:
-        with contextlib.suppress(OSError):
-            size = os.get_terminal_size(0)
-            if size.lines > 0 and size.columns > 0:
-                body["console_size"] = [size.lines, size.columns]
-    code, reply = call(args, "POST", "/v1/run", body, timeout=args.timeout)
-    if code:
-        return code
-    name = reply.get("unit") if isinstance(reply, dict) else None
-    if not isinstance(name, str):
-        print("quayctl run: the agent's answer names no unit", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    if not args.tty:
-        print(name)
-        return EXIT_OK
-    return attach(args, name)
-
-
-def attach(args: argparse.Namespace, name: str) -> int:
-    from quayd.cli.quayctl import DEFAULT_RUN_DIR, setting_dir  # noqa: PLC0415
-
-    run_dir = setting_dir(args, "run_dir", DEFAULT_RUN_DIR)
-    if run_dir is None:
-        return EXIT_REFUSED
-    path = run_dir / ATTACH_SOCKET
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        try:
-            connection.settimeout(10.0)
-            connection.connect(str(path))
-            connection.sendall(f"{name}\n".encode())
-            message, fds, _, _ = socket.recv_fds(connection, 1, 1)
-        except OSError as error:
-            print(f"quayctl run: cannot attach to {name} at {path}: {error}", file=sys.stderr)
-            return EXIT_UNREACHABLE
-        if message != b"+" or not fds:
-            for fd in fds:
-                os.close(fd)
-            rest = _read_line(connection) if message == b"-" else ""
-            print(f"quayctl run: cannot attach to {name}: {rest or 'no answer'}", file=sys.stderr)
-            return EXIT_REFUSED
-        master = fds[0]
-        try:
-            relay(master, connection)
-        finally:
-            os.close(master)
-        ended = _exit_line(connection)
+def attached_terminal(
+    args: argparse.Namespace,
+    name: str,
+    master: int,
+    connection: socket.socket,
+    on_signal: Any = None,
+) -> int:
+    """``quayctl run -t`` / ``attach`` once the agent sent the terminal's ``master``: relay it
+    to this terminal until the process ends, then exit with its status."""
+    try:
+        ended = relay(master, connection, on_signal)
+    finally:
+        os.close(master)
     if ended is None:
         ended = _last_exit(args, name)
     if ended is None:
-        print(f"quayctl run: {name} ended; its exit status is unknown", file=sys.stderr)
-        return EXIT_REFUSED
+        print(f"quayctl {args.command}: {name} ended; its exit status is unknown", file=sys.stderr)
+        return EXIT_FAILED
     return status_of(ended)
 
 
@@ -213,9 +165,14 @@ def status_of(ended: dict[str, Any]) -> int:
     return exit_status(ended.get("code"))
 
 
-def relay(master: int, connection: socket.socket) -> None:
-    """Copy stdin to ``master`` and ``master`` to stdout, this terminal raw, until the container's
-    process is gone (the master reads EIO or EOF, or the agent says it ended)."""
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+"""The signals ``on_signal`` gets while attached (this terminal stays raw otherwise)."""
+
+
+def relay(master: int, connection: socket.socket, on_signal: Any = None) -> dict[str, Any] | None:
+    """Copy stdin to ``master`` and the terminal's output (the agent's frames) to stdout, this
+    terminal raw, until the exit frame (returned); None when the terminal closed without one.
+    ``on_signal`` handles :data:`FORWARDED` meanwhile."""
     import termios  # noqa: PLC0415
     import tty  # noqa: PLC0415
 
@@ -223,14 +180,17 @@ def relay(master: int, connection: socket.socket) -> None:
     saved = None
     if os.isatty(stdin):
         saved = termios.tcgetattr(stdin)
-        tty.setraw(stdin)
+        tty.setraw(stdin, termios.TCSADRAIN)  # not TCSAFLUSH: what was typed ahead goes on
     resize = _window_follower(stdin, master)
     previous = signal.signal(signal.SIGWINCH, resize)
+    handled = {sig: signal.signal(sig, on_signal) for sig in FORWARDED} if on_signal else {}
     resize()
     try:
-        _copy(stdin, master, connection)
+        return _copy(stdin, master, connection)
     finally:
         signal.signal(signal.SIGWINCH, previous)
+        for sig, handler in handled.items():
+            signal.signal(sig, handler)
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
 
@@ -247,14 +207,21 @@ def _window_follower(terminal: int, master: int) -> Any:
     return resize
 
 
-def _copy(stdin: int, master: int, connection: socket.socket) -> None:
-    inputs = [stdin, master, connection.fileno()]
+def _copy(stdin: int, master: int, connection: socket.socket) -> dict[str, Any] | None:
+    """The agent reads the terminal (so its output reaches the log too) and sends it as frames;
+    quayctl writes its input to ``master`` itself. Should the agent go away, quayctl reads the
+    terminal directly until it closes (the exit status is then asked for)."""
+    from quayd.agent.frames import EXIT, FrameError, FrameReader, decode_exit  # noqa: PLC0415
+
+    reader = FrameReader()
+    sock = connection.fileno()
+    inputs = [stdin, sock]
     while True:
         readable, _, _ = select.select(inputs, [], [])
         if master in readable:
             data = _read(master)
             if not data:
-                return
+                return None
             _write_all(1, data)
         if stdin in readable:
             data = _read(stdin)
@@ -262,27 +229,22 @@ def _copy(stdin: int, master: int, connection: socket.socket) -> None:
                 _write_all(master, data)
             else:
                 inputs.remove(stdin)  # end of input: the container's process goes on
-        if connection.fileno() in readable:
+        if sock in readable:
             try:
-                said = connection.recv(1, socket.MSG_PEEK)
-            except OSError:
-                said = b""
-            if said:
-                _drain(master)  # it ended: print what is left in the terminal
-                return
-            inputs.remove(connection.fileno())  # the agent went away; the terminal goes on
-
-
-def _drain(master: int) -> None:
-    os.set_blocking(master, False)
-    while True:
-        try:
-            data = os.read(master, _CHUNK)
-        except OSError:
-            return
-        if not data:
-            return
-        _write_all(1, data)
+                data = connection.recv(_CHUNK)
+                frames = reader.feed(data) if data else None
+            except (OSError, FrameError):
+                frames = None
+            if frames is None:  # the agent went away: the terminal goes on without it
+                inputs.remove(sock)
+                inputs.append(master)
+                continue
+            for stream, payload in frames:
+                if stream == EXIT:
+                    with contextlib.suppress(FrameError):
+                        return decode_exit(payload)
+                    return None
+                _write_all(1, payload)
 
 
 def _read(fd: int) -> bytes:
@@ -300,7 +262,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _read_line(connection: socket.socket) -> str:
+def read_line(connection: socket.socket) -> str:
     data = b""
     with contextlib.suppress(OSError):
         while not data.endswith(b"\n") and len(data) < 65536:
@@ -309,16 +271,6 @@ def _read_line(connection: socket.socket) -> str:
                 break
             data += chunk
     return data.decode(errors="replace").strip()
-
-
-def _exit_line(connection: socket.socket) -> dict[str, Any] | None:
-    connection.settimeout(EXIT_WAIT)
-    line = _read_line(connection)
-    try:
-        ended = json.loads(line) if line else None
-    except ValueError:
-        return None
-    return ended if isinstance(ended, dict) and ended else None
 
 
 def _last_exit(args: argparse.Namespace, name: str) -> dict[str, Any] | None:

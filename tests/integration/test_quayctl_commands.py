@@ -38,7 +38,6 @@ AGENT_COMMANDS = [
     ["stop", "web"],
     ["restart", "web"],
     ["exec", "web", "--", "true"],
-    ["run", "localhost/busybox:1.36"],
     ["rm", "run-1a2b3c"],
     ["reload"],
 ]
@@ -107,6 +106,10 @@ class ControlAgent(Agent):
             self.calls.append(("run", params))
             if params.get("name") == "web":
                 raise RequestError("conflict", "a unit 'web' exists already")
+            if params.get("argv") == ["nope"]:
+                raise RequestError("command-not-found", "executable file `nope` not found")
+            if params.get("argv") == ["/etc/passwd"]:
+                raise RequestError("command-not-executable", "open executable: Permission denied")
             return {"unit": params.get("name") or "run-1a2b3c", "pid": 4242, "tty": False}
 
         async def events(params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -235,8 +238,8 @@ def test_exec(agent: ControlAgent, run_dir: Path) -> None:
 
 
 @pytest.mark.usefixtures("server")
-def test_run_without_a_terminal_prints_the_name(agent: ControlAgent, run_dir: Path) -> None:
-    done = quayctl(run_dir, "run", "-p", "9090:80", "localhost/busybox:1.36", "httpd", "-f")
+def test_run_d_prints_the_name(agent: ControlAgent, run_dir: Path) -> None:
+    done = quayctl(run_dir, "run", "-d", "-p", "9090:80", "localhost/busybox:1.36", "httpd", "-f")
     assert (done.returncode, done.stdout, done.stderr) == (0, "run-1a2b3c\n", "")
     assert agent.calls[-1] == (
         "run",
@@ -245,6 +248,7 @@ def test_run_without_a_terminal_prints_the_name(agent: ControlAgent, run_dir: Pa
             "ports": ["9090:80"],
             "tty": False,
             "rm": False,
+            "attach": False,
             "argv": ["httpd", "-f"],
         },
     )
@@ -255,16 +259,19 @@ def test_run_without_a_terminal_prints_the_name(agent: ControlAgent, run_dir: Pa
         "ports": [],
         "tty": False,
         "rm": True,
+        "attach": False,
         "name": "try",
     }
     done = quayctl(run_dir, "run", "--name", "web", "localhost/busybox:1.36")
     assert (done.returncode, done.stderr) == (
-        1,
+        125,
         "quayctl run: conflict: a unit 'web' exists already\n",
     )
-    done = quayctl(run_dir, "run", "-i", "localhost/busybox:1.36", "sh")
-    assert done.returncode == 2
-    assert "-i needs -t" in done.stderr
+    assert quayctl(run_dir, "run", "localhost/busybox:1.36", "nope").returncode == 127
+    assert quayctl(run_dir, "run", "localhost/busybox:1.36", "/etc/passwd").returncode == 126
+    done = quayctl(run_dir, "run", "-t", "localhost/busybox:1.36", "sh")
+    assert done.returncode == 125
+    assert "-t needs a terminal" in done.stderr
     done = quayctl(run_dir, "rm", "web")
     assert (done.returncode, done.stdout) == (0, "web: remove planned\n")
     assert agent.calls[-1:] == [("remove", "web")]
@@ -369,6 +376,18 @@ def test_no_agent_exits_4(tmp_path: Path, command: list[str]) -> None:
         f"quayctl {command[0]}: quayd is not running, or {tmp_path}/quayd.sock is not its "
         "socket (see --run-dir): No such file or directory\n"
     )
+
+
+def test_run_without_an_agent_exits_125(tmp_path: Path) -> None:
+    done = quayctl(tmp_path, "run", "localhost/busybox:1.36")
+    assert (done.returncode, done.stdout) == (125, "")
+    assert done.stderr == (
+        f"quayctl run: quayd is not running, or {tmp_path}/quayd.sock is not its "
+        "socket (see --run-dir): No such file or directory\n"
+    )
+    done = quayctl(tmp_path, "attach", "run-1a2b3c")
+    assert (done.returncode, done.stdout) == (125, "")
+    assert done.stderr.startswith(f"quayctl attach: cannot attach to run-1a2b3c at {tmp_path}")
 
 
 # --- logs ----------------------------------------------------------------------------------------

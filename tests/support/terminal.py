@@ -12,6 +12,7 @@ import fcntl
 import os
 import pty
 import select
+import signal
 import struct
 import termios
 import time
@@ -22,7 +23,8 @@ def drive(
     argv: list[str], steps: list[dict[str, Any]], size: list[int], timeout: float = 30.0
 ) -> dict[str, Any]:
     """Run ``argv`` on a pty of ``size`` (rows, columns). Each step may ``expect`` a text in
-    the output (since the previous expectation), then ``send`` a text or ``resize`` the window.
+    the output (since the previous expectation), then ``send`` a text, ``resize`` the window
+    or send the command a ``signal`` (by name).
     Returns the whole output, the exit status (``None`` if it did not end in time) and the
     step that timed out, if one did."""
     pid, master = pty.fork()
@@ -48,6 +50,8 @@ def drive(
             _resize(master, step["resize"])
         if "send" in step:
             os.write(master, step["send"].encode())
+        if "signal" in step:  # to the command itself, as `kill` would
+            os.kill(pid, signal.Signals[step["signal"]])
     if failed is None:  # the rest, until the terminal closes
         output, _ = _read_until(master, output, seen, None, deadline)
     status = _reap(pid, deadline)

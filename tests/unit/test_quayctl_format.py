@@ -390,8 +390,8 @@ def test_exec_and_run_refuse_what_they_cannot_do(capsys: pytest.CaptureFixture[s
     assert quayctl.main(["--run-dir", "/nonexistent", "exec", "-it", "web"]) == 2
     assert "no command" in capsys.readouterr().err
     assert quayctl.main(["--run-dir", "/nonexistent", "exec", "web"]) == 2
-    assert quayctl.main(["--run-dir", "/nonexistent", "run", "-i", "busybox", "sh"]) == 2
-    assert "-i needs -t" in capsys.readouterr().err
+    assert quayctl.main(["--run-dir", "/nonexistent", "run", "-t", "busybox", "sh"]) == 125
+    assert "-t needs a terminal" in capsys.readouterr().err
 
 
 def test_the_state_dir_comes_from_the_settings_file(tmp_path: Path) -> None:
@@ -411,6 +411,15 @@ def logs_args(**fields: Any) -> argparse.Namespace:
     return argparse.Namespace(**{**defaults, **fields})
 
 
+JOURNALCTL_WEB = [
+    "journalctl",
+    "_SYSTEMD_UNIT=quay-web.scope",  # what the container wrote
+    "+",
+    "SYSLOG_IDENTIFIER=quay-web",  # or what the agent relayed for it (run without -t)
+    "_UID=0",
+]
+
+
 @pytest.mark.parametrize(
     ("fields", "argv"),
     [
@@ -419,7 +428,7 @@ def logs_args(**fields: Any) -> argparse.Namespace:
     ],
 )
 def test_journalctl_follows_the_scope(fields: dict[str, Any], argv: list[str]) -> None:
-    base = ["journalctl", "-u", "quay-web.scope", "-o", "cat", "--no-pager"]
+    base = [*JOURNALCTL_WEB, "-o", "cat", "--no-pager"]
     assert logs.journalctl_argv(logs_args(**fields)) == base + argv
 
 
@@ -441,7 +450,7 @@ def test_logs_run_journalctl_where_journald_runs(
         monkeypatch.setattr(os, "execvp", execvp)
         with pytest.raises(SystemExit):
             logs.run(logs_args(lines=3))
-    assert called == [["journalctl", "-u", "quay-web.scope", "-o", "cat", "--no-pager", "-n", "3"]]
+    assert called == [[*JOURNALCTL_WEB, "-o", "cat", "--no-pager", "-n", "3"]]
     assert not logs.journald_running(tmp_path / "nothing")
 
 

@@ -22,6 +22,8 @@ from quayd.cli.status import (
     format_finding,
     format_header,
     format_plan,
+    format_show,
+    format_table,
     select,
     unit_is_fine,
 )
@@ -271,3 +273,41 @@ def test_the_lean_parser_has_the_global_options_of_the_full_one() -> None:
 )
 def test_plan_lines(actions: list[dict[str, Any]], text: str) -> None:
     assert format_plan(actions) == text
+
+
+# --- a unit whose file is invalid, its last good version running ---------------------------------
+
+FINDING = '/etc/quay.d/web.toml:4: container.imagee: unknown key; did you mean "image"?'
+
+
+def _invalid_running() -> dict[str, Any]:
+    return unit(
+        "web",
+        "running",
+        findings=[FINDING],
+        detail="the file has 1 error(s); using its last good version",
+    )
+
+
+def test_an_invalid_file_is_listed_and_counted_as_invalid_beside_its_running_container() -> None:
+    text = format_table(payload(_invalid_running(), unit("db", "running")), NOW, width=200)
+    header, _columns, db, web, finding = text.splitlines()
+    assert db.split()[:2] == ["db", "running"]
+    assert header == HEADER + "2 units: 1 running, 1 invalid"
+    assert web.split()[:2] == ["web", "invalid"]
+    assert "invalid (running)" in web
+    assert "5m12s" in web  # the last good version's uptime, as it runs
+    assert finding.strip() == FINDING  # file, line and key
+
+
+def test_an_invalid_file_makes_status_exit_non_zero_even_while_its_last_good_runs() -> None:
+    assert not unit_is_fine(_invalid_running())
+    assert exit_code([_invalid_running(), unit("db", "running")]) == EXIT_NOT_RUNNING
+    assert exit_code([unit("db", "running")]) == EXIT_OK
+
+
+def test_show_lists_an_invalid_file_beside_its_running_state() -> None:
+    reply = {**_invalid_running(), "unit": None, "container": None, "exits": []}
+    text = format_show(reply, NOW)
+    assert text.startswith("web: invalid (running), ready\n")
+    assert text.endswith(f"findings\n  {FINDING}\n")

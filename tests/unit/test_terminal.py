@@ -2,31 +2,46 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 
 from quayd.cli.terminal import runtime_settings, status_of
+from quayd.isolation.exec_io import process_file
 from quayd.isolation.runtime import OciRuntime, RuntimeCommandError
 
 
 def test_exec_argv_as_the_agent_runs_the_runtime() -> None:
     crun = OciRuntime("crun", run_dir=Path("/run/quay"), systemd_cgroup=True)
-    assert crun.exec_argv("web", ["sh"], tty=True) == [
-        "crun", "--root", "/run/quay/crun", "--systemd-cgroup", "exec", "--tty", "web", "sh",
+    assert crun.exec_argv("web", "/proc/self/fd/5", tty=True) == [
+        "crun", "--root", "/run/quay/crun", "--systemd-cgroup", "exec", "--tty",
+        "--process", "/proc/self/fd/5", "web",
     ]  # fmt: skip
     runc = OciRuntime("runc", run_dir=Path("/srv/run"), systemd_cgroup=False)
-    assert runc.exec_argv("db", ["cat", "-"]) == [
-        "runc", "--root", "/srv/run/runc", "exec", "db", "cat", "-",
+    assert runc.exec_argv("db", "/proc/self/fd/3") == [
+        "runc", "--root", "/srv/run/runc", "exec", "--process", "/proc/self/fd/3", "db",
     ]  # fmt: skip
 
 
 def test_exec_argv_refuses_what_the_runtime_would_misread() -> None:
     crun = OciRuntime("crun")
     with pytest.raises(RuntimeCommandError):
-        crun.exec_argv("--help", ["sh"])
+        crun.exec_argv("--help", "/proc/self/fd/3")
     with pytest.raises(RuntimeCommandError):
-        crun.exec_argv("web", [])
+        crun.exec_process("web", [])
+
+
+def test_process_file_is_an_inheritable_memfd_holding_the_process() -> None:
+    fd = process_file({"args": ["sh"], "noNewPrivileges": True})
+    try:
+        assert os.get_inheritable(fd)
+        assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:quay-exec-process")
+        with open(f"/proc/self/fd/{fd}", "rb") as file:
+            assert json.load(file) == {"args": ["sh"], "noNewPrivileges": True}
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize(
