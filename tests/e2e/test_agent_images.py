@@ -1,14 +1,14 @@
-"""The agent's image policy against a real registry, inside the systemd test host.
+"""The agent's image policy against a real registry, inside each test host.
 
-A ``docker-registry`` runs inside the host (on the host's own 127.0.0.1, which quayd there
-reaches), images are pushed to it with skopeo from inside the host, and quayd — the packaged
-service — pulls them as a device would: ``pull = "always"`` takes a new digest at the next
-(re)start, ``pull = "missing"`` keeps starting from the store with the registry gone.
+A ``docker-registry`` runs inside the host (a transient systemd service on the host's own
+127.0.0.1, which quayd there reaches), images are pushed to it with skopeo from inside the host,
+and quayd — the packaged service — pulls them as a device would: ``pull = "always"`` takes a new
+digest at the next (re)start, ``pull = "missing"`` keeps starting from the store with the
+registry gone.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -17,36 +17,36 @@ from pathlib import Path
 import pytest
 
 from quayd.images.model import Platform
-from tests.support.agent import QUAYCTL, RUN_DIR, Deployment, deployed, running, wait_until
+from tests.support.agent import HOSTS, RUN_DIR, Deployment, deployed, running, wait_until
 from tests.support.images import Layer, OciLayout, busybox_entries, file
 from tests.support.systemd_host import CONTAINER_TEST_MARKS
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
 
-REGISTRY = "127.0.0.1:5000"  # inside the host's network namespace: nothing else listens there
+REGISTRY = "127.0.0.1:5000"  # inside the host's network: nothing else listens there
 
 
 class Registry:
+    """Debian's docker-registry in the host, as ``systemd-run --unit quay-test-registry``."""
+
+    UNIT = "quay-test-registry"
+
     def __init__(self, deployment: Deployment) -> None:
         self.host = deployment.host
-        self.root = deployment.host.state_dir / "registry"
-        self.root.mkdir()
+        self.root = deployment.host.scratch / "registry"
 
     def start(self) -> None:
         config = self.root / "config.yml"
-        config.write_text(
+        self.host.write_file(
+            str(config),
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
             f"    rootdirectory: {self.root / 'storage'}\n"
-            f"http:\n  addr: {REGISTRY}\n  secret: {secrets.token_hex(8)}\n"
+            f"http:\n  addr: {REGISTRY}\n  secret: {secrets.token_hex(8)}\n",
         )
         self.host.run(
-            [
-                "sh",
-                "-c",
-                f"docker-registry serve {config} >{self.root / 'log'} 2>&1 & "
-                f"echo $! >{self.root / 'pid'}",
-            ]
-        )
+            ["systemd-run", f"--unit={self.UNIT}", "--collect", "--quiet",
+             "/usr/bin/docker-registry", "serve", str(config)]
+        )  # fmt: skip
         wait_until("the registry", self._up)
 
     def _up(self) -> bool:
@@ -54,32 +54,35 @@ class Registry:
         return self.host.run(probe, check=False).returncode == 0
 
     def stop(self) -> None:
-        pid = (self.root / "pid").read_text().strip()
-        self.host.run(["kill", pid])
+        self.host.systemctl("stop", self.UNIT)
         wait_until("the registry gone", lambda: not self._up())
 
     def push(self, repository: str, version: str) -> None:
         """An image whose /version says ``version``, pushed as ``repository:latest``."""
-        layout = OciLayout(self.root / f"layout-{repository.replace('/', '-')}-{version}")
+        name = f"layout-{repository.replace('/', '-')}-{version}"
+        layout = OciLayout(self.host.staging / name)
         entries = [*busybox_entries(), file("version", f"{version}\n".encode())]
         descriptor, _ = layout.image([Layer.of(entries)], Platform.host())
         layout.tag(descriptor, "latest")
+        remote = self.root / name
+        self.host.copy_in(layout.root, str(remote))
         self.host.run(
             [
                 "skopeo",
                 "copy",
                 "--quiet",
                 "--dest-tls-verify=false",
-                f"oci:{layout.root}:latest",
+                f"oci:{remote}:latest",
                 f"docker://{REGISTRY}/{repository}:latest",
             ],
             env={"HOME": str(self.root)},
+            timeout=120,
         )
 
 
-@pytest.fixture(scope="module")
-def deployment(sd_notify: Path) -> Iterator[Deployment]:
-    with deployed(sd_notify) as deployment:
+@pytest.fixture(scope="module", params=HOSTS)
+def deployment(request: pytest.FixtureRequest, sd_notify: Path) -> Iterator[Deployment]:
+    with deployed(sd_notify, host=request.param) as deployment:
         yield deployment
 
 
@@ -106,15 +109,8 @@ def version_in(deployment: Deployment, name: str) -> str:
 
 
 def _events(deployment: Deployment, unit: str, kind: str) -> list[str]:
-    """The messages of the agent's events of ``kind`` for ``unit`` (streamed as NDJSON)."""
-    lines = deployment.host.python(
-        "from quayd.cli.client import stream\n"
-        "import json\n"
-        "for e in stream('/run/quay/quayd.sock', '/v1/events?follow=false'):\n"
-        "    print(json.dumps(e))\n"
-    ).stdout.splitlines()
-    found = [json.loads(line) for line in lines]
-    return [e["message"] for e in found if e["unit"] == unit and e["kind"] == kind]
+    """The messages of the agent's events of ``kind`` for ``unit``."""
+    return [e["message"] for e in deployment.events() if e["unit"] == unit and e["kind"] == kind]
 
 
 def test_pull_always_takes_the_new_digest_at_the_next_start(
@@ -140,10 +136,6 @@ def test_pull_always_takes_the_new_digest_at_the_next_start(
     )
 
 
-def _agent_log(deployment: Deployment) -> str:
-    return deployment.host.run(["journalctl", "-u", "quayd", "-o", "cat", "--no-pager"]).stdout
-
-
 def test_quayctl_image_pull_goes_through_the_agent(
     deployment: Deployment, registry: Registry
 ) -> None:
@@ -151,7 +143,8 @@ def test_quayctl_image_pull_goes_through_the_agent(
     reference = f"{REGISTRY}/r/manual:latest"
 
     def pull(*options: str) -> subprocess.CompletedProcess[str]:
-        argv = [str(QUAYCTL), "--run-dir", RUN_DIR, *options, "image", "pull", "-q", reference]
+        argv = [deployment.quayctl, "--run-dir", RUN_DIR, *options, "image", "pull", "-q"]
+        argv.append(reference)
         return deployment.host.run(argv, check=False, timeout=120)
 
     done = pull("--state-dir", str(deployment.state_dir))
@@ -159,8 +152,7 @@ def test_quayctl_image_pull_goes_through_the_agent(
     pulled, digest, platform = done.stdout.split()
     assert (pulled, platform) == (reference, str(Platform.host()))
     assert digest.startswith("sha256:")
-    deployment.host.run(["journalctl", "--sync"])
-    assert f'"image": "{reference}"' in _agent_log(deployment)  # the agent pulled it
+    assert f'"image": "{reference}"' in deployment.journal()  # the agent pulled it
     # ... into its store, where a unit finds it without asking the registry again.
     registry.stop()
     try:
@@ -169,7 +161,7 @@ def test_quayctl_image_pull_goes_through_the_agent(
         assert version_in(deployment, "manual") == "1"
         # Another store than the agent's: the agent refuses, the command pulls in-process
         # (and fails here, the registry being down, with the registry's error).
-        other = deployment.host.state_dir / "other-store"
+        other = deployment.host.scratch / "other-store"
         failed = pull("--state-dir", str(other))
         assert failed.returncode == 1
         assert "quayctl: pulling 127.0.0.1:5000/r/manual:latest:" in failed.stderr
@@ -183,12 +175,13 @@ def test_quayctl_image_pull_goes_through_the_agent(
     # --local pulls in this process even with the agent running (and the same store).
     registry.push("r/local", "1")
     local = f"{REGISTRY}/r/local:latest"
-    argv = [str(QUAYCTL), "--run-dir", RUN_DIR, "--state-dir", str(deployment.state_dir)]
-    done = deployment.host.run([*argv, "image", "pull", "-q", "--local", local], check=False)
+    argv = [deployment.quayctl, "--run-dir", RUN_DIR, "--state-dir", str(deployment.state_dir)]
+    done = deployment.host.run(
+        [*argv, "image", "pull", "-q", "--local", local], check=False, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0] == local
-    deployment.host.run(["journalctl", "--sync"])
-    assert local not in _agent_log(deployment)
+    assert local not in deployment.journal()
 
 
 def test_pull_missing_starts_from_the_store_with_the_registry_gone(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import IMAGE, Deployment, deployed, running, wait_until
+from tests.support.agent import HOSTS, IMAGE, Deployment, deployed, running, wait_until
 from tests.support.systemd_host import CONTAINER_TEST_MARKS
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
@@ -26,9 +26,9 @@ stop_timeout = "2s"
 PEERS = [f"peer{i}" for i in range(6)]
 
 
-@pytest.fixture(scope="module")
-def deployment(sd_notify: Path) -> Iterator[Deployment]:
-    with deployed(sd_notify) as deployment:
+@pytest.fixture(scope="module", params=HOSTS)
+def deployment(request: pytest.FixtureRequest, sd_notify: Path) -> Iterator[Deployment]:
+    with deployed(sd_notify, host=request.param) as deployment:
         yield deployment
 
 

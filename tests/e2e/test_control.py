@@ -1,4 +1,4 @@
-"""The control API against the real agent (the packaged service in the systemd test host).
+"""The control API against the real agent (the packaged service in each test host).
 
 Calls go through quayctl's own client, from inside the host (the socket is in the host's
 private /run): status fields, show with the cgroup's usage, stop/start holds that survive an
@@ -7,21 +7,28 @@ agent restart, restart without backoff, exec, events, plan and reload.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.agent import IMAGE, QUAYCTL, WEB_BASE, Deployment, deployed, running, wait_until
+from tests.support.agent import HOSTS, IMAGE, WEB_BASE, Deployment, deployed, running, wait_until
 from tests.support.systemd_host import CONTAINER_TEST_MARKS
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
 
+# The health check passes only as the container's own process (podman's capabilities,
+# no_new_privs, the seccomp filter), not with the runtime's exec defaults: a health check is an
+# exec too, and test_show checks that every one passed.
+CHECK = (
+    "grep -qx 'CapEff:.00000000800405fb' /proc/self/status"
+    " && grep -qx 'NoNewPrivs:.1' /proc/self/status && grep -qx 'Seccomp:.2' /proc/self/status"
+    " && wget -q -O /dev/null http://127.0.0.1/"
+)
 WEB = (
     WEB_BASE
-    + """[health]
-command = ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1/"]
+    + f"""[health]
+command = ["sh", "-c", "{CHECK}"]
 interval = "300ms"
 [resources]
 memory = "64M"
@@ -34,9 +41,9 @@ ports = ["8080:80"]
 )
 
 
-@pytest.fixture(scope="module")
-def deployment(sd_notify: Path) -> Iterator[Deployment]:
-    with deployed(sd_notify, {"web": WEB}) as deployment:
+@pytest.fixture(scope="module", params=HOSTS)
+def deployment(request: pytest.FixtureRequest, sd_notify: Path) -> Iterator[Deployment]:
+    with deployed(sd_notify, {"web": WEB}, host=request.param) as deployment:
         running(deployment, "web")
         yield deployment
 
@@ -71,6 +78,11 @@ def test_show_has_the_config_limits_usage_and_health_history(deployment: Deploym
 def test_exec_runs_in_the_container_and_returns_its_code(deployment: Deployment) -> None:
     done = deployment.api("POST", "/v1/units/web/exec", {"argv": ["sh", "-c", "hostname; exit 3"]})
     assert done == {"code": 3, "stdout": "web\n", "stderr": ""}
+    status = "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status"
+    seen = deployment.api("POST", "/v1/units/web/exec", {"argv": ["sh", "-c", status]})
+    # The container's privileges, not the runtime's exec defaults.
+    fields = seen["stdout"].split()
+    assert fields == ["CapEff:", "00000000800405fb", "NoNewPrivs:", "1", "Seccomp:", "2"]
     bad = deployment.api("POST", "/v1/units/web/exec", {"argv": "ls"})
     assert bad["error"]["code"] == "bad-request"
 
@@ -128,17 +140,12 @@ def test_restart_replaces_the_container_at_once(deployment: Deployment) -> None:
 
 
 def test_events_tell_what_happened(deployment: Deployment) -> None:
-    events = deployment.host.python(
-        "import json\n"
-        "from quayd.cli.client import stream\n"
-        "for e in stream('/run/quay/quayd.sock', '/v1/events?follow=false'):\n"
-        "    print(json.dumps(e))\n"
-    ).stdout.splitlines()
+    events = deployment.events()
     # The log is the agent's memory: it starts with the agent restarted by the hold test.
-    kinds = [json.loads(line)["kind"] for line in events]
+    kinds = [event["kind"] for event in events]
     for kind in ("stopped", "released", "starting", "started", "ready", "stopping", "exited"):
         assert kind in kinds, (kind, kinds)
-    seqs = [json.loads(line)["seq"] for line in events]
+    seqs = [event["seq"] for event in events]
     assert seqs == sorted(seqs)
 
 
@@ -164,12 +171,13 @@ def test_a_flushed_ruleset_is_restored_by_the_resync(deployment: Deployment) -> 
 
 def test_plan_of_a_staging_directory_is_a_dry_run(deployment: Deployment) -> None:
     pid = running(deployment, "web")
-    staging = deployment.host.state_dir / "staging"
-    staging.mkdir()
-    (staging / "web.toml").write_text(WEB.replace('memory = "64M"', 'memory = "128M"'))
-    (staging / "extra.toml").write_text(f'[container]\nimage = "{IMAGE}"\n')
+    staging = deployment.host.scratch / "staging"
+    deployment.host.write_file(
+        str(staging / "web.toml"), WEB.replace('memory = "64M"', 'memory = "128M"')
+    )
+    deployment.host.write_file(str(staging / "extra.toml"), f'[container]\nimage = "{IMAGE}"\n')
     done = deployment.host.run(
-        [str(QUAYCTL), "--run-dir", "/run/quay", "plan", str(staging)], check=False
+        [deployment.quayctl, "--run-dir", "/run/quay", "plan", str(staging)], check=False
     )
     assert done.returncode == 0, done.stderr
     assert "replace web: replacing the container: resources.memory 64M → 128M" in done.stdout
@@ -177,7 +185,7 @@ def test_plan_of_a_staging_directory_is_a_dry_run(deployment: Deployment) -> Non
     assert deployment.running_pid("web") == pid  # nothing was done
     assert "extra" not in deployment.units()
     bad = deployment.host.run(
-        [str(QUAYCTL), "--run-dir", "/run/quay", "plan", "/nonexistent"], check=False
+        [deployment.quayctl, "--run-dir", "/run/quay", "plan", "/nonexistent"], check=False
     )
     assert bad.returncode == 1
     assert "/nonexistent" in bad.stderr

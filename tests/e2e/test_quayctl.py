@@ -1,4 +1,4 @@
-"""Every agent-facing quayctl command against the real agent, in the systemd test host.
+"""Every agent-facing quayctl command against the real agent, in each test host.
 
 The agent is the packaged service; quayctl runs inside the host (its socket is in the host's
 private /run) as root, and once as an unprivileged user. Output and exit codes are asserted,
@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from tests.support.agent import (
+    HOSTS,
     IMAGE,
-    QUAYCTL,
     RUN_DIR,
     WEB_BASE,
     Deployment,
@@ -68,15 +68,20 @@ def valid(document: Any, schema: str) -> None:
 
 
 def quayctl(deployment: Deployment, *args: str, user: int | None = None) -> Any:
-    argv = [str(QUAYCTL), "--run-dir", RUN_DIR, *args]
+    argv = [deployment.quayctl, "--run-dir", RUN_DIR, *args]
     if user is not None:
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+        # CAP_DAC_READ_SEARCH alone lets the user read the checkout's quayctl wherever it is
+        # (under /root, 0700, in a fresh root); it grants no write, so the socket's mode and
+        # the agent's peer-credential check still decide.
+        caps = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+        ids = [f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+        argv = ["setpriv", *ids, *caps, *argv]
     return deployment.host.run(argv, check=False, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def deployment(sd_notify: Path) -> Iterator[Deployment]:
-    with deployed(sd_notify, UNITS) as deployment:
+@pytest.fixture(scope="module", params=HOSTS)
+def deployment(request: pytest.FixtureRequest, sd_notify: Path) -> Iterator[Deployment]:
+    with deployed(sd_notify, UNITS, host=request.param) as deployment:
         running(deployment, "ticker")
         yield deployment
 
