@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import agent, decompress, pull, scale, suite
+from bench import agent, decompress, metrics, pull, scale, suite, writes
 
 SCENARIOS = {
     "pull": pull.main,
@@ -12,6 +12,8 @@ SCENARIOS = {
     "agent": agent.main,
     "scale": scale.main,
     "all": suite.main,
+    "writes": writes.main,
+    "metrics": metrics.main,
 }
 
 
@@ -19,8 +21,10 @@ def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in SCENARIOS:
         print(
             f"usage: python -m bench {{{','.join(SCENARIOS)}}} [--quick] [options]\n"
-            "  all: every scenario, writes docs/benchmarks.md\n"
-            "  scale: only the N-units scenario (--units N, --podman)"
+            "  all: every scenario, writes docs/benchmarks.md (--this-host: on this systemd)\n"
+            "  scale: only the N-units scenario (--units N, --podman)\n"
+            "  writes: file -> running, written in place and renamed, beside podman run -d\n"
+            "  metrics: quayd's CPU per Prometheus scrape with N containers (--units N)"
         )
         return 2
     return SCENARIOS[sys.argv[1]](sys.argv[2:])

@@ -51,7 +51,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.support.systemd_host import REPO, SystemdHost, systemd_host
+from bench.hosts import BenchHost
+from tests.support.systemd_host import REPO, systemd_host
 
 SOURCE: list[Path] = [REPO]
 """Where quayd and quayctl are imported from (``--source``): the checkout, or an exported commit."""
@@ -138,7 +139,7 @@ def percentile(values: list[float], q: float) -> float:
 
 @dataclass
 class Bench:
-    host: SystemdHost
+    host: BenchHost
     root: Path = field(init=False)
     config_dir: Path = field(init=False)
     quay_state: Path = field(init=False)
@@ -217,8 +218,7 @@ class Bench:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         out.close()
-        nsenter = self.quayd.pid
-        self.quayd_pid = wait_until("quayd's process", lambda: child_of(nsenter), timeout=10)
+        self.quayd_pid = host_pid(self.host, self.quayd)
 
     def kill_quayd(self) -> None:
         assert self.quayd is not None
@@ -321,6 +321,22 @@ class Bench:
         seconds = (mark_time(self.marks / run_id) - t0) / 1e9
         self.host.run(["crun", "delete", "-f", container])
         return seconds
+
+
+def host_pid(host: BenchHost, process: subprocess.Popen[bytes]) -> int:
+    """The PID (as the machine sees it) of the command ``process`` runs in ``host``: nsenter's
+    child in a namespace host, the process itself where there is no nsenter (--this-host)."""
+    if not host.nsenter():
+        return process.pid
+    pid: int = wait_until("the command's process", lambda: child_of(process.pid), timeout=10)
+    return pid
+
+
+def running_pid(host: BenchHost, process: subprocess.Popen[bytes]) -> int | None:
+    """As :func:`host_pid`, without waiting: None once the command has ended."""
+    if process.poll() is not None:
+        return None
+    return child_of(process.pid) if host.nsenter() else process.pid
 
 
 def child_of(pid: int) -> int | None:

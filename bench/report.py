@@ -85,6 +85,23 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return found
 
 
+def host_line(results: dict[str, Any]) -> str:
+    """Which host the run used and its cgroup layout (runs before --this-host had no "host")."""
+    host = results.get("host", {})
+    layout = host.get("cgroup_fs", "")
+    named = {"cgroup2fs": "cgroup v2 unified", "tmpfs": "cgroup v1 or hybrid"}.get(layout, "")
+    cgroups = f"; `stat -fc %T /sys/fs/cgroup`: {layout} ({named})" if layout else ""
+    if host.get("this_host"):
+        return (
+            "- Host: this machine's own systemd (`--this-host`, bench/hosts.py: systemd is PID 1 "
+            f"here, no namespaces in between){cgroups}"
+        )
+    return (
+        "- Host: one throwaway systemd host (`tests/support/systemd_host.py`: systemd as PID 1 "
+        f"of new namespaces, on this machine's kernel and cgroup layout){cgroups}"
+    )
+
+
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     quick = results["quick"]
@@ -110,11 +127,11 @@ def render(results: dict[str, Any]) -> str:
         f"- {m['crun'].split(' version ')[0]} {m['crun'].split(' version ')[-1]}; {m['podman']}; "
         f"{m['skopeo']}; {m['umoci']}",
         f"- quay at commit {results['commit']}; the run took {results['wall_s'] / 60:.1f} min",
-        "- Everything ran in one throwaway systemd host (`tests/support/systemd_host.py`: systemd "
-        "as PID 1 of new namespaces); quayd as a process there (`quayd --state-dir --config-dir "
-        "--run-dir`), podman and crun there too with their storage in the host's state dir, the "
-        "registry (Debian's docker-registry) on the host's own loopback. quay and the peers ran "
-        "alternately (A B A B …) so drift hits all alike.",
+        host_line(results),
+        "- quayd as a process there (`quayd --state-dir --config-dir --run-dir`), podman and "
+        "crun there too with their storage in the host's state dir, the registry (Debian's "
+        "docker-registry) on the host's own loopback. quay and the peers ran alternately "
+        "(A B A B …) so drift hits all alike.",
         "",
         "### Reproduce",
         "",
@@ -125,6 +142,8 @@ def render(results: dict[str, Any]) -> str:
         f"{COMMAND} --commit HEAD           # a fixed commit; writes docs/benchmarks.md",
         f"{COMMAND} --quick --out /tmp/b.md # smoke check, under 2 minutes",
         f"{COMMAND} --render run.json       # the report again from a run's --json",
+        "# where PID 1 is systemd: on this machine itself, no host in namespaces (bench/hosts.py)",
+        f"{COMMAND} --this-host --quick --out /tmp/b.md",
         "```",
         "",
         "## Goals",
@@ -261,7 +280,13 @@ def _footprint(results: dict[str, Any]) -> list[str]:
         f"again → `status` shows all running: {fp['adoption_s']:.2f} s, {same}. Its RSS "
         f"afterwards: {after['rss_mib']:.1f} MiB.",
         "",
-        "**Cold start**: quayd: process started (outside the host, through nsenter) → its "
+        "**Cold start**: quayd: process started "
+        + (
+            "(here: no nsenter) "
+            if results.get("host", {}).get("this_host")
+            else "(outside the host, through nsenter) "
+        )
+        + "→ its "
         "`agent ready` log line, no units. `quayctl status` against the running agent (table "
         "output) and `podman ps` (its nearest peer), timed inside the host.",
         "",

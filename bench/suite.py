@@ -22,6 +22,9 @@ quay and each peer alternately (A B A B …):
    ``kill -9`` quayd with 100 running → all adopted (same PIDs); quayd's cold start (process
    started → its "agent ready" log line) and ``quayctl status`` against it (vs ``podman ps``).
 
+``--this-host`` runs it all on this machine's own systemd instead (refused unless PID 1 is
+systemd; bench/hosts.py): in a VM guest, where a host nested in namespaces would measure the
+nesting (the VM test host: a Debian 12 guest with cgroup v2).
 ``--source DIR`` measures quayd and quayctl from DIR (``git archive HEAD quayd | tar -x -C DIR``).
 Missed goals get a profile in the report. Numbers, not assertions: never part of the tests.
 """
@@ -49,9 +52,10 @@ from typing import Any
 
 from bench import agent, pull
 from bench.agent import IMAGE, Bench, log, mark_time, percentile, quay_unit, wait_until
+from bench.hosts import BenchHost, LocalHostError, cgroup_fs, local_host, local_refusal
 from bench.report import render
 from tests.support.registry import _registry_config
-from tests.support.systemd_host import REPO, SystemdHost, systemd_host
+from tests.support.systemd_host import REPO, systemd_host
 
 PACKAGES = {
     "podman": "podman",
@@ -64,6 +68,10 @@ PACKAGES = {
 }
 """Command → the Debian package that brings it."""
 OUT = REPO / "docs" / "benchmarks.md"
+HOST_KINDS = {
+    False: "a throwaway systemd host in namespaces",
+    True: "this machine's own systemd (--this-host)",
+}
 REGISTRY_PORT = 5000
 """docker-registry's port on the host's own loopback (a fresh network namespace)."""
 
@@ -90,7 +98,7 @@ class Suite:
     tools_dir: Path
 
     @property
-    def host(self) -> SystemdHost:
+    def host(self) -> BenchHost:
         return self.bench.host
 
     def timed(self, argv: list[str], timeout: float = 600.0) -> float:
@@ -211,7 +219,7 @@ def host_registry(suite: Suite, directory: Path) -> Iterator[str]:
         suite.host.run(["/usr/bin/python3", "-c", probe], timeout=60)
         yield address
     finally:
-        child = agent.child_of(process.pid)
+        child = agent.running_pid(suite.host, process)
         if child is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, 15)
@@ -404,7 +412,7 @@ def pull_agent(suite: Suite, directory: Path) -> Iterator[list[str]]:
             "--config-dir", str(directory / "etc"),
         ]  # fmt: skip
     finally:
-        inner = agent.child_of(process.pid)
+        inner = agent.running_pid(suite.host, process)
         if inner is not None:
             os.kill(inner, signal.SIGTERM)
         try:
@@ -925,6 +933,18 @@ def main(argv: list[str]) -> int:
         "--commit",
         help="measure this commit: `git archive COMMIT quayd` into a scratch dir, then --source",
     )
+    parser.add_argument(
+        "--this-host",
+        action="store_true",
+        help="run on this machine's own systemd (PID 1 must be systemd: a VM guest, say) "
+        "instead of a throwaway systemd host in namespaces; what the bench made is removed",
+    )
+    parser.add_argument(
+        "--units",
+        type=int,
+        help="units at once in the scale scenario, and the footprint's largest count "
+        "(default 100; 10 with --quick)",
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="the report (docs/benchmarks.md)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--agent-log", type=Path, help="keep a copy of quayd's log here")
@@ -940,16 +960,23 @@ def main(argv: list[str]) -> int:
         args.out.write_text(render(json.loads(args.render.read_text())))
         log(f"wrote {args.out} from {args.render}")
         return 0
+    if args.this_host and (reason := local_refusal()) is not None:
+        print(f"bench all: {reason}", file=sys.stderr)  # before installing anything
+        return 2
     with contextlib.ExitStack() as stack:
         if args.commit:
             args.source = agent.export_commit(stack, args.commit)
-        return run(args)
+        try:
+            return run(args)
+        except LocalHostError as error:
+            print(f"bench all: {error}", file=sys.stderr)
+            return 2
 
 
 def run(args: argparse.Namespace) -> int:
     if args.source:
         agent.SOURCE[0] = args.source.resolve()
-        if agent.hidden_in_host(agent.SOURCE[0]):
+        if not args.this_host and agent.hidden_in_host(agent.SOURCE[0]):
             print(f"bench all: {agent.SOURCE[0]} is not visible in the systemd host (its /tmp, "
                   "/run and /var/tmp are its own); use --commit or a dir elsewhere",
                   file=sys.stderr)  # fmt: skip
@@ -963,10 +990,13 @@ def run(args: argparse.Namespace) -> int:
         "source": str(agent.SOURCE[0]),
         "commit": commit_of(args.commit, args.source),
     }
-    scale_units = 10 if quick else 100
-    counts = [0, 5, 10] if quick else [0, 50, 100]
-    with systemd_host() as host:
-        log(f"systemd host up in {host.boot_seconds:.1f} s ({host.state})")
+    scale_units = args.units or (10 if quick else 100)
+    counts = [0, scale_units // 2, scale_units]
+    hosting: contextlib.AbstractContextManager[BenchHost] = (
+        local_host() if args.this_host else systemd_host()
+    )
+    with hosting as host:
+        results["host"] = host_record(host, this_host=args.this_host)
         bench = Bench(host)
         suite = Suite(bench, quick, bench.root / "tools")
         try:
@@ -1017,6 +1047,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def host_record(host: BenchHost, *, this_host: bool) -> dict[str, Any]:
+    """Which host the run uses and its cgroup layout, for the report."""
+    kind = HOST_KINDS[this_host]
+    layout = cgroup_fs(host)
+    log(f"{kind} up in {host.boot_seconds:.1f} s ({host.state}; /sys/fs/cgroup: {layout})")
+    return {"kind": kind, "cgroup_fs": layout, "this_host": this_host}
+
+
 def machine() -> dict[str, str]:
     def version(argv: list[str]) -> str:
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -1049,6 +1087,8 @@ def machine() -> dict[str, str]:
 def commit_of(commit: str | None, source: Path | None) -> str:
     """What was measured: the commit (``--commit``), a directory (``--source``) or the checkout."""
     rev = commit or "HEAD"
+    if shutil.which("git") is None:  # a copy of the checkout (a VM guest has no git)
+        return f"the tree in {source or REPO}, copied from a checkout"
     done = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", f"{rev}^{{commit}}"],
         capture_output=True, text=True, check=False,
