@@ -55,6 +55,7 @@ from quayd.isolation.init import find_init
 from quayd.isolation.runtime import (
     ConsoleSocket,
     OciRuntime,
+    RuntimeCommandError,
     Stdio,
     journald_running,
     journald_stream,
@@ -540,7 +541,14 @@ class Executor:
         """Every container the runtime knows under quay's root, with its record."""
         found = []
         for container_id in self.runtime.list_ids():
-            state = self.runtime.state(container_id)
+            try:
+                state = self.runtime.state(container_id)
+            except RuntimeCommandError as error:
+                # A runtime killed mid-create (with the agent: systemd ends the agent's whole
+                # cgroup) leaves a state directory without its status file. That container
+                # never ran: it is reported ended, and finish() deletes what is left of it.
+                log.warning("unreadable runtime state", unit=container_id, error=str(error))
+                state = None
             record = read_record(self.container_dir(container_id))
             found.append(
                 Found(

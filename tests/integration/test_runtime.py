@@ -283,6 +283,15 @@ def inside_errors(
         driver.kill("--all", signal.SIGKILL)
     except RuntimeCommandError as error:
         seen["bad_id"] = str(error)
+    # What a runtime killed mid-create leaves: its state directory without the state in it.
+    # The agent's adoption reads it as an error, and a forced delete clears it.
+    (driver.root / "half-made").mkdir(parents=True)
+    try:
+        driver.state("half-made")
+    except RuntimeCommandError as error:
+        seen["half_made_state"] = str(error)
+    driver.delete("half-made", force=True)
+    seen["half_made_after_delete"] = "half-made" in driver.list_ids()
     return seen
 
 
@@ -564,6 +573,8 @@ def test_runtime_errors_carry_the_runtimes_message(
     assert seen["state_unknown"] is None
     assert "no-such-container" in seen["delete_unknown"]
     assert "is not a container id" in seen["bad_id"]
+    assert "half-made" in seen["half_made_state"]
+    assert seen["half_made_after_delete"] is False
     left = host.call(inside_leftovers, runtime=runtime, name=name, container_dir=directory)
     assert left == {"mounts": [], "runtime_ids": [], "state": None}
 
