@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import agent, decompress, metrics, pull, scale, suite, writes
+from bench import agent, decompress, metrics, pull, scale, suite, vm, writes
 
 SCENARIOS = {
     "pull": pull.main,
@@ -14,6 +14,7 @@ SCENARIOS = {
     "all": suite.main,
     "writes": writes.main,
     "metrics": metrics.main,
+    "vm": vm.main,
 }
 
 
