@@ -25,7 +25,8 @@ def main() -> int:
             "  all: every scenario, writes docs/benchmarks.md (--this-host: on this systemd)\n"
             "  scale: only the N-units scenario (--units N, --podman)\n"
             "  writes: file -> running, written in place and renamed, beside podman run -d\n"
-            "  metrics: quayd's CPU per Prometheus scrape with N containers (--units N)"
+            "  metrics: quayd's CPU per Prometheus scrape with N containers (--units N)\n"
+            "  vm: bench all in the booted cgroup v2 guest, beside podman (--quick, --units N)"
         )
         return 2
     return SCENARIOS[sys.argv[1]](sys.argv[2:])
