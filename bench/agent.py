@@ -166,9 +166,9 @@ class Bench:
 
     # --- setup -----------------------------------------------------------------------------------
 
-    def setup(self) -> None:
-        self.config_dir.mkdir()
-        self.marks.mkdir()
+    def load_quay_image(self) -> Path:
+        """Build the busybox image (examples/build-busybox-image) and load it into quay's store
+        as IMAGE; returns its OCI layout."""
         layout = self.root / "busybox-oci"
         subprocess.run([str(REPO / "examples" / "build-busybox-image"), str(layout)], check=True,
                        capture_output=True)  # fmt: skip
@@ -177,6 +177,12 @@ class Bench:
              "--reference", IMAGE],
             check=True, capture_output=True,
         )  # fmt: skip
+        return layout
+
+    def setup(self) -> None:
+        self.config_dir.mkdir()
+        self.marks.mkdir()
+        layout = self.load_quay_image()
         pulled = self.host.run(self.podman("pull", "-q", f"oci:{layout}:1.36"), timeout=120)
         self.host.run(self.podman("tag", pulled.stdout.strip().splitlines()[-1], IMAGE))
         self._prepare_bundle(layout)

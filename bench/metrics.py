@@ -77,20 +77,8 @@ def main(argv: list[str]) -> int:
 
 def setup(bench: Bench) -> None:
     """The image loaded (no podman: only quayd is measured), quayd started with metrics on."""
-    import subprocess  # noqa: PLC0415 - only here
-
-    from bench.agent import IMAGE, quayctl_argv  # noqa: PLC0415
-    from tests.support.systemd_host import REPO  # noqa: PLC0415
-
     bench.config_dir.mkdir()
-    layout = bench.root / "busybox-oci"
-    subprocess.run([str(REPO / "examples" / "build-busybox-image"), str(layout)], check=True,
-                   capture_output=True)  # fmt: skip
-    subprocess.run(
-        [*quayctl_argv(), "--state-dir", str(bench.quay_state), "image", "load", str(layout),
-         "--reference", IMAGE],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    bench.load_quay_image()
     settings = bench.root / "quayd.toml"
     settings.write_text(f'[metrics]\nlisten = "{LISTEN}"\n')
     bench.start_quayd([*quayd_argv(), "--config", str(settings)])
