@@ -162,21 +162,32 @@ class SystemdHost:
         the function returns: what it started must not depend on it (which is the point for
         containers).
         """
-        module, name = function.__module__, function.__qualname__
-        code = (
-            "import json, sys, importlib\n"
-            f"fn = getattr(importlib.import_module({module!r}), {name!r})\n"
-            "result = fn(**json.loads(sys.argv[1]))\n"
-            f"print({RESULT_MARK!r} + json.dumps(result, default=str), flush=True)\n"
-        )
-        done = self.python(code, json.dumps(kwargs, default=str), timeout=timeout)
-        for line in reversed(done.stdout.splitlines()):
-            if line.startswith(RESULT_MARK):
-                return json.loads(line[len(RESULT_MARK) :])
-        raise HostCallError(f"{module}.{name} printed no result:\n{done.stdout}\n{done.stderr}")
+        return call_function(self.python, function, timeout, kwargs)
 
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.run(["systemctl", *args], check=check)
+
+
+def call_function(
+    python: Callable[..., subprocess.CompletedProcess[str]],
+    function: Callable[..., Any],
+    timeout: float,
+    kwargs: Mapping[str, Any],
+) -> Any:
+    """``function(**kwargs)`` in a fresh Python started by ``python(code, *args, timeout=…)`` (a
+    host's :meth:`python`): its module imported by name, arguments and result as JSON."""
+    module, name = function.__module__, function.__qualname__
+    code = (
+        "import json, sys, importlib\n"
+        f"fn = getattr(importlib.import_module({module!r}), {name!r})\n"
+        "result = fn(**json.loads(sys.argv[1]))\n"
+        f"print({RESULT_MARK!r} + json.dumps(result, default=str), flush=True)\n"
+    )
+    done = python(code, json.dumps(kwargs, default=str), timeout=timeout)
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK) :])
+    raise HostCallError(f"{module}.{name} printed no result:\n{done.stdout}\n{done.stderr}")
 
 
 # --- cgroups -------------------------------------------------------------------------------------

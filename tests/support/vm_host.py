@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tests.support.systemd_host import RESULT_MARK, STATE_PARENT, HostCallError
+from tests.support.systemd_host import STATE_PARENT, HostCallError, call_function
 from tests.support.vm_image import HOST_KEY_ALIAS, GuestImage, ensure_image
 
 QEMU = "qemu-system-x86_64"
@@ -206,18 +206,7 @@ class VmHost:
     def call(self, function: Callable[..., Any], /, *, timeout: float = 60.0, **kwargs: Any) -> Any:
         """Call a module-level ``function`` (of quayd or the tests' copy) in a fresh Python
         process in the guest; arguments and result travel as JSON, as in SystemdHost.call."""
-        module, name = function.__module__, function.__qualname__
-        code = (
-            "import json, sys, importlib\n"
-            f"fn = getattr(importlib.import_module({module!r}), {name!r})\n"
-            "result = fn(**json.loads(sys.argv[1]))\n"
-            f"print({RESULT_MARK!r} + json.dumps(result, default=str), flush=True)\n"
-        )
-        done = self.python(code, json.dumps(kwargs, default=str), timeout=timeout)
-        for line in reversed(done.stdout.splitlines()):
-            if line.startswith(RESULT_MARK):
-                return json.loads(line[len(RESULT_MARK) :])
-        raise HostCallError(f"{module}.{name} printed no result:\n{done.stdout}\n{done.stderr}")
+        return call_function(self.python, function, timeout, kwargs)
 
     # --- files -------------------------------------------------------------------------------
 
