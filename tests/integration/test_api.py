@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import structlog
 
-from quayd.agent import api
+from quayd.agent import api, api_connection
 from quayd.agent.api import MAX_BODY, ROUTES, ApiServer, ApiStartError, Handler, RequestError
 from quayd.cli import client
 
@@ -550,7 +550,7 @@ def test_a_body_over_1_mib_is_refused_with_413(server: ApiServer) -> None:
 def test_a_body_that_never_comes_does_not_hold_a_handler_forever(
     server: ApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api, "BODY_TIMEOUT", 1.0)
+    monkeypatch.setattr(api_connection, "BODY_TIMEOUT", 1.0)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
         raw.settimeout(30)
         raw.connect(str(server.path))
