@@ -558,13 +558,13 @@ def idle(bench: Bench, count: int, seconds: float) -> dict[str, Any]:
 
 PROFILED = [
     # (module, owner class or "", attribute): wrapped with a timer in a profiled quayd
-    ("quayd.agent.agent", "Agent", "_on_file_event"),
-    ("quayd.agent.agent", "Agent", "_coalesce"),
-    ("quayd.agent.agent", "Agent", "_pass"),
-    ("quayd.agent.agent", "", "load_directory"),
-    ("quayd.agent.agent", "", "plan"),
-    ("quayd.agent.agent", "Agent", "_desired"),
-    ("quayd.agent.agent", "Agent", "_observed"),
+    ("quayd.agent.loop", "Loop", "file_event"),
+    ("quayd.agent.loop", "Loop", "_coalesce"),
+    ("quayd.agent.passes", "Passes", "run"),
+    ("quayd.agent.passes", "", "load_directory"),
+    ("quayd.agent.passes", "", "plan"),
+    ("quayd.agent.desired", "DesiredState", "build"),
+    ("quayd.agent.passes", "Passes", "observed"),
     ("quayd.reconcile.executor", "Executor", "start"),
     ("quayd.reconcile.executor", "Executor", "image"),
     ("quayd.reconcile.executor", "Executor", "_clear"),

@@ -41,7 +41,7 @@ from quayd.net.counters import Traffic, read_traffic
 from quayd.reconcile.model import Exit, State
 
 if TYPE_CHECKING:
-    from quayd.agent.agent import Agent
+    from quayd.agent.control import Control, UnitView
     from quayd.agent.events import Event
 
 STATES: tuple[str, ...] = get_args(State)
@@ -216,19 +216,20 @@ class AgentMetrics:
 
     # --- from the loop ---------------------------------------------------------------------------
 
-    def publish_agent(self, agent: Agent, pass_seconds: float) -> None:
+    def publish_agent(self, control: Control, pass_seconds: float) -> None:
         """After a pass: count it and publish what the agent holds now (the loop's thread)."""
-        events = agent.events.since(self._events_seen)
-        self._events_seen = agent.events.last_seq
-        snapshot = snapshot_of(agent, self._restarts, self._ooms)
-        self.publish(snapshot, events, pass_seconds, agent)
+        events = control.events.since(self._events_seen)
+        self._events_seen = control.events.last_seq
+        views = control.units()
+        snapshot = snapshot_of(control, views, self._restarts, self._ooms)
+        self.publish(snapshot, events, pass_seconds)
+        self._time_starts(views, control.info().started_at)
 
     def publish(
         self,
         snapshot: Snapshot,
         events: Iterable[Event] = (),
         pass_seconds: float | None = None,
-        agent: Agent | None = None,
     ) -> None:
         if pass_seconds is not None:
             self.pass_seconds.observe(pass_seconds)
@@ -242,8 +243,6 @@ class AgentMetrics:
                 counter = self.updates if event.kind == "updated" else self.rollbacks
                 counter.labels(event.unit).inc()
                 self._updated.add(event.unit)
-        if agent is not None:
-            self._time_starts(agent)
         names = {unit.name for unit in snapshot.units}
         for name in set(self._timed) - names:
             del self._timed[name]
@@ -274,11 +273,13 @@ class AgentMetrics:
             live = live.removesuffix(OPENMETRICS_EOF)  # one EOF, at the end of it all
         return live + cached[1], content_type
 
-    def _time_starts(self, agent: Agent) -> None:
-        for name, live in agent.live.items():
-            started, ready = live.record.started_at, live.ready_at
+    def _time_starts(self, views: Iterable[UnitView], agent_started: float) -> None:
+        for view in views:
+            name, started, ready = view.name, view.started_at, view.ready_at
             # Adopted containers started before this agent: their latency was another's.
-            if ready is None or started < agent.started_at or self._timed.get(name) == started:
+            if started is None or ready is None:
+                continue
+            if started < agent_started or self._timed.get(name) == started:
                 continue
             self._timed[name] = started
             self.start_seconds.observe(max(0.0, ready - started))
@@ -317,35 +318,29 @@ def count_requests(
     return {name: metrics.counted(name, handler) for name, handler in handlers.items()}
 
 
-def snapshot_of(agent: Agent, restarts: RestartCounter, ooms: OomCounter) -> Snapshot:
+def snapshot_of(
+    control: Control, views: Iterable[UnitView], restarts: RestartCounter, ooms: OomCounter
+) -> Snapshot:
     """The status API's view of every unit, as plain values (the loop's thread)."""
-    totals = restarts.update(agent.starts)
-    oom_totals = ooms.update(agent.exits)
-    units = []
-    for name, status in sorted(agent.plan.statuses.items()):
-        live = agent.live.get(name)
-        desired = agent.desired.units.get(name)
-        exits = agent.exits.get(name)
-        health = None
-        if live is not None and live.health_history:
-            health = "unhealthy" if live.health.unhealthy else (
-                "healthy" if live.health.healthy else "starting"
-            )  # fmt: skip
-        units.append(
-            UnitSample(
-                name=name,
-                state=status.state,
-                ready=status.ready,
-                health=health,
-                restarts=totals.get(name, 0),
-                oom_kills=oom_totals.get(name, 0),
-                last_exit_code=exit_code(exits[-1]) if exits else None,
-                image=str(desired.unit.container.image) if desired is not None else None,
-                digest=live.record.image_digest if live is not None else None,
-                running=live is not None,
-            )
+    totals = restarts.update(control.starts())
+    oom_totals = ooms.update(control.exits())
+    units = tuple(
+        UnitSample(
+            name=view.name,
+            state=view.state,
+            ready=view.ready,
+            health=view.health,
+            restarts=totals.get(view.name, 0),
+            oom_kills=oom_totals.get(view.name, 0),
+            last_exit_code=exit_code(view.exits[-1]) if view.exits else None,
+            image=view.image,
+            digest=view.digest,
+            running=view.running,
         )
-    return Snapshot(units=tuple(units), ready=agent.passes > 0, last_pass_at=agent.last_pass_at)
+        for view in views
+    )
+    info = control.info()
+    return Snapshot(units=units, ready=info.passes > 0, last_pass_at=info.last_pass_at)
 
 
 class UnitFamilies(Collector):

@@ -38,7 +38,7 @@ from quayd.cli.control import (
 )
 
 ATTACH_SOCKET = "attach.sock"
-"""``RUN_DIR/attach.sock`` (``quayd.agent.agent.ATTACH_SOCKET`` says the same)."""
+"""``RUN_DIR/attach.sock`` (``quayd.agent.attach.ATTACH_SOCKET`` says the same)."""
 EXIT_FAILED = 125
 """``run``'s and ``attach``'s own failure, as Docker's (``quayd.cli.run.EXIT_FAILED``)."""
 EXIT_WAIT = 10.0
