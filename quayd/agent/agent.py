@@ -47,6 +47,7 @@ from quayd.agent.metrics_server import MetricsServer, MetricsServerError
 from quayd.agent.passes import Passes
 from quayd.agent.peers import PeerSync
 from quayd.agent.probes import Probes
+from quayd.agent.restart_requests import RestartRequests
 from quayd.agent.supervision import Supervisor
 from quayd.agent.unit_pulls import UnitPulls
 from quayd.agent.update_actions import UpdateRunner
@@ -113,6 +114,7 @@ class Agent:
         )
         self.holds = Holds(self.state_dir, self.events, lambda: set(self.runs))
         self.runs = AdHocRuns(self.holds, self.loop.wake)
+        self.restarts = RestartRequests(self.state_dir)
         self._lock_fd: int | None = None
 
     # --- start-up ---------------------------------------------------------------------------
@@ -139,6 +141,7 @@ class Agent:
         """The host parts (store, network, executor) and the rooms that use them."""
         become_subreaper()
         self.holds.load()
+        self.restarts.load()
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         profile = load_default_profile()
         if profile is None:
@@ -210,6 +213,7 @@ class Agent:
             dispatcher=self.dispatcher,
             runs=self.runs,
             holds=self.holds,
+            restarts=self.restarts,
             updates=self.update_runner,
             executor=self.executor,
             network=self.network,
@@ -230,6 +234,7 @@ class Agent:
             runs=self.runs,
             pulls=self.pulls,
             holds=self.holds,
+            restarts=self.restarts,
             network=self.network,
             executor=self.executor,
             work=work,

@@ -23,6 +23,7 @@ from quayd.agent.holds import Holds
 from quayd.agent.live import Live
 from quayd.agent.logs import logger
 from quayd.agent.passes import Passes
+from quayd.agent.restart_requests import RestartRequests
 from quayd.agent.supervision import Supervisor
 from quayd.agent.unit_pulls import UnitPulls
 from quayd.agent.update_actions import UpdateRunner
@@ -31,7 +32,7 @@ from quayd.isolation.cgroups import Usage, usage
 from quayd.net.ipam import Leases
 from quayd.net.network import Network
 from quayd.reconcile.executor import Executor
-from quayd.reconcile.model import Action, Exit, Stop, UnitStatus
+from quayd.reconcile.model import Action, Exit, UnitStatus
 from quayd.reconcile.records import unit_hash
 from quayd.units.directory import load_directory
 from quayd.units.model import Unit
@@ -57,6 +58,7 @@ class AgentControl:
         runs: AdHocRuns,
         pulls: UnitPulls,
         holds: Holds,
+        restarts: RestartRequests,
         network: Network,
         executor: Executor,
         work: Work,
@@ -73,6 +75,7 @@ class AgentControl:
         self._runs = runs
         self._pulls = pulls
         self._holds = holds
+        self._restarts = restarts
         self._network = network
         self._executor = executor
         self._work = work
@@ -155,10 +158,11 @@ class AgentControl:
         busy = self._dispatcher.busy_with(name)
         if busy:
             raise RequestError("conflict", f"{name} is {busy}; try again in a moment")
-        if name in self._supervisor:
-            self._dispatcher.dispatch(
-                Stop(name, "restarted by an operator (quayctl restart)", "replace")
-            )
+        live = self._supervisor.get(name)
+        if (
+            live is not None
+        ):  # persisted first: an agent crash does not lose it (the planner stops it)
+            await self._restarts.request(name, live.record.started_at)
         else:
             self._supervisor.restart_now(name)
         await self.next_pass()

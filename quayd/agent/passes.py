@@ -23,6 +23,7 @@ from quayd.agent.events import EventLog
 from quayd.agent.holds import Holds
 from quayd.agent.logs import logger
 from quayd.agent.loop import RESYNC_SECONDS
+from quayd.agent.restart_requests import RestartRequests
 from quayd.agent.supervision import Supervisor
 from quayd.agent.unit_pulls import UnitPulls
 from quayd.agent.update_actions import UpdateRunner
@@ -60,6 +61,7 @@ class Passes:
         dispatcher: Dispatcher,
         runs: AdHocRuns,
         holds: Holds,
+        restarts: RestartRequests,
         updates: UpdateRunner,
         executor: Executor,
         network: Network,
@@ -78,6 +80,7 @@ class Passes:
         self._dispatcher = dispatcher
         self._runs = runs
         self._holds = holds
+        self._restarts = restarts
         self._updates = updates
         self._executor = executor
         self._network = network
@@ -123,6 +126,7 @@ class Passes:
             return
         self.desired = self._build(snapshot)
         await self._resync_extras()
+        await self._restarts.settle(self._supervisor.containers())
         now = self._clock()
         self.plan = plan(self.desired, self.observed(self.desired), now)
         self.count += 1
@@ -168,6 +172,7 @@ class Passes:
             busy=self._dispatcher.busy(),
             leftovers=frozenset(self._leftovers()),
             updates=self._updates.observe(desired),
+            restarts=self._restarts.pending(),
         )
 
     def _leftovers(self) -> set[str]:

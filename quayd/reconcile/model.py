@@ -186,6 +186,9 @@ class Observed:
     lease, container directory) to remove."""
     updates: Mapping[str, UpdateState] = field(default_factory=dict)
     """Per unit with ``[update] policy`` other than "off"; a missing entry: nothing known yet."""
+    restarts: Mapping[str, float] = field(default_factory=dict)
+    """Operators' restarts not carried out yet: per unit, the start time of the container to
+    replace (persisted, so one accepted just before an agent crash is carried out after it)."""
 
 
 # --- what the planner decides ----------------------------------------------------------------

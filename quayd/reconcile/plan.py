@@ -249,7 +249,9 @@ def _decide(
     if name in desired.held:
         return _with_findings(_held(name, container is not None), entry.findings)
     update = observed.updates.get(name) if entry.unit.update.policy != "off" else None
-    if container is not None:
+    if container is not None and observed.restarts.get(name) == container.started_at:
+        decision = _stop(name, "replace", "restarted by an operator (quayctl restart)")
+    elif container is not None:
         decision = _live(entry, container, now, update)
     else:
         decision = _not_running(entry, desired, observed, now, decided, update=update)

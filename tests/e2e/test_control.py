@@ -7,6 +7,7 @@ agent restart, restart without backoff, exec, events, plan and reload.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,3 +190,39 @@ def test_plan_of_a_staging_directory_is_a_dry_run(deployment: Deployment) -> Non
     )
     assert bad.returncode == 1
     assert "/nonexistent" in bad.stderr
+
+
+# Last: it restarts the agent (the event log starts afresh).
+def test_a_restart_accepted_just_before_an_agent_crash_is_carried_out_after_it(
+    deployment: Deployment,
+) -> None:
+    """The agent persists a restart (restarts.json) before it carries it out. Here the agent is
+    frozen where a crash could come (the request on disk, the container not yet stopped), the
+    request is put there as the API writes it, and the agent is killed: the next one restarts
+    the container, then forgets the request."""
+    pid = running(deployment, "web")
+    started_at = deployment.units()["web"]["started_at"]
+    main_pid = int(deployment.show("MainPID")["MainPID"])
+    deployment.host.run(["kill", "-STOP", str(main_pid)])
+    requests = str(deployment.state_dir / "restarts.json")
+    deployment.host.write_file(
+        requests, json.dumps({"version": 1, "restarts": {"web": started_at}})
+    )
+    deployment.host.run(["kill", "-KILL", str(main_pid)])
+    wait_until(
+        "systemd restarting quayd",
+        lambda: deployment.show("MainPID")["MainPID"] not in ("0", str(main_pid)),
+    )
+    new = wait_until(
+        "web restarted by the new agent",
+        lambda: (p := deployment.running_pid("web")) and p != pid and p,
+        timeout=30,
+    )
+    wait_until(
+        "the request forgotten once carried out",
+        lambda: (
+            "web" not in json.loads(deployment.host.read_file(requests) or "{}").get("restarts", {})
+        ),
+    )
+    assert deployment.alive(new)
+    assert "restarted by an operator" in deployment.journal()

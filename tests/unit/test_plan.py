@@ -1122,3 +1122,24 @@ def test_a_new_digest_alone_is_named_as_such() -> None:
     running = live("web", "h0", unit=unit(image={"pull": "always"}))
     result = plan(desired(want("web", image={"pull": "always"})), seen(running), NOW)
     assert result.actions[0].reason == "replacing the container: a new image digest"
+
+
+def test_an_operators_restart_request_stops_the_container_it_names() -> None:
+    observed = dataclasses.replace(seen(live("web", started_at=100.0)), restarts={"web": 100.0})
+    result = plan(desired(WEB), observed, NOW)
+    assert result.actions == (Stop("web", "restarted by an operator (quayctl restart)", "replace"),)
+    assert states(result) == {"web": "stopping"}
+
+
+def test_a_restart_request_for_an_earlier_container_is_done_and_changes_nothing() -> None:
+    observed = dataclasses.replace(seen(live("web", started_at=200.0)), restarts={"web": 100.0})
+    result = plan(desired(WEB), observed, NOW)
+    assert result.actions == ()
+    assert states(result) == {"web": "running"}
+
+
+def test_a_restart_request_waits_for_the_units_action_in_flight() -> None:
+    observed = dataclasses.replace(
+        seen(live("web", started_at=100.0), busy={"web": "starting"}), restarts={"web": 100.0}
+    )
+    assert plan(desired(WEB), observed, NOW).actions == ()
