@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import structlog
 
-from quayd.agent import api, api_connection
+from quayd.agent import api_connection
 from quayd.agent.api import MAX_BODY, ROUTES, ApiServer, ApiStartError, Handler, RequestError
 from quayd.cli import client
 
