@@ -174,8 +174,7 @@ class UpdateRunner:
         elif isinstance(action, Confirm):
             old = self._updates.of(name).record
             previous = old.current
-            self._updates.save(name, replace(old, current=action.digest, target=None))
-            self._updates.of(name).forced = False
+            self._updates.save(name, replace(old, current=action.digest, target=None, forced=False))
             await self._work.run(self._point_back, name, action.digest)  # the tag names what runs
             log.info("updated", unit=name, previous=previous, digest=action.digest)
             self._events.emit(
@@ -271,7 +270,7 @@ class UpdateRunner:
         elif dry_run:
             what = f"would update {short(current)} to {short(offered)}"
         else:
-            self._updates.of(name).forced = True
+            self._updates.force(name)
             what = f"updating {short(current)} to {short(offered)}"
         return {"unit": name, "running": running, "current": current, "offered": offered,
                 "bad": update.record.bad, "message": what}  # fmt: skip

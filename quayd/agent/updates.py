@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -69,8 +69,11 @@ class UnitUpdate:
     fetch_error: str | None = None
     fetch_failures: int = 0
     fetch_retry_at: float | None = None
-    forced: bool = False
-    """``quayctl update NAME`` asked for it: the window does not hold it back, once."""
+
+    @property
+    def forced(self) -> bool:
+        """``quayctl update NAME`` asked for it: the window does not hold it back, once."""
+        return self.record.forced
 
 
 @dataclass
@@ -93,6 +96,12 @@ class Updates:
         """Written atomically before the step it records acts (see the planner's table)."""
         write_update_record(self.state_dir, name, record)
         self.of(name).record = record
+
+    def force(self, name: str) -> None:
+        """An operator's ``quayctl update NAME``: recorded (atomically) before it is answered."""
+        record = self.of(name).record
+        if not record.forced:
+            self.save(name, replace(record, forced=True))
 
     def forget(self, names: set[str]) -> None:
         for name in set(self.units) - names:

@@ -143,6 +143,10 @@ class UpdateRecord:
     """A digest that was rolled back: not tried again while the tag points at it."""
     bad_reason: str = ""
     """Why it was rolled back, for status: "not ready within 30s"."""
+    forced: bool = False
+    """An operator asked for this update now (``quayctl update NAME``): the window does not
+    hold it back. Persisted like the rest, so an agent crash does not lose the request; cleared
+    when the update is confirmed or rolled back."""
 
 
 @dataclass(frozen=True)

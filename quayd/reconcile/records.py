@@ -112,6 +112,7 @@ def write_update_record(state_dir: Path, name: str, record: UpdateRecord) -> Non
         "target": record.target,
         "bad": record.bad,
         "bad_reason": record.bad_reason,
+        "forced": record.forced,
     }
     write_json_atomically(state_dir / UPDATES / f"{name}.json", document)
 
@@ -124,7 +125,11 @@ def read_update_record(state_dir: Path, name: str) -> UpdateRecord:
         fields = {key: document.get(key) for key in ("current", "target", "bad")}
         if not all(value is None or isinstance(value, str) for value in fields.values()):
             return UpdateRecord()
-        return UpdateRecord(**fields, bad_reason=str(document.get("bad_reason") or ""))
+        return UpdateRecord(
+            **fields,
+            bad_reason=str(document.get("bad_reason") or ""),
+            forced=document.get("forced") is True,
+        )
     except (OSError, ValueError, AttributeError):
         return UpdateRecord()
 

@@ -3,6 +3,7 @@ and window, the download backoff, and the record kept on disk."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_a_closed_window_holds_checks_but_not_a_forced_one(tmp_path: Path) -> No
     assert updates.due_checks({"app": unit()}) == []
     state = updates.observed("app", unit(), {}, None)
     assert (state.due, state.opens_at) == (False, 5000.0 + 14 * 3600)
-    updates.of("app").forced = True
+    updates.force("app")
     assert updates.due_checks({"app": unit()}) == ["app"]
     assert updates.observed("app", unit(), {}, None).due
 
@@ -130,3 +131,20 @@ def test_replace_then_download_keeps_an_image_other_units_use() -> None:
     references = {"app": "r/app:1", "twin": "r/app:1", "db": "r/db:1"}
     assert others_using(references, "app") == ["twin"]
     assert others_using(references, "db") == []
+
+
+def test_an_operators_update_now_survives_an_agent_restart_until_confirmed(
+    tmp_path: Path,
+) -> None:
+    settings = UpdateSettings(window="02:00-04:00", jitter=timedelta(0))
+
+    def agent() -> Updates:
+        return Updates(tmp_path, settings, "host", lambda: 5000.0,
+                       local_time=lambda: datetime(2026, 12, 7, 12, 0))  # fmt: skip
+
+    agent().force("app")
+    restarted = agent()
+    assert restarted.observed("app", unit(), {}, None).due
+    assert restarted.due_checks({"app": unit()}) == ["app"]
+    restarted.save("app", dataclasses.replace(restarted.of("app").record, forced=False))
+    assert not agent().observed("app", unit(), {}, None).due
