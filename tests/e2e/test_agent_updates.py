@@ -28,7 +28,8 @@ def unit_text(repository: str) -> str:
 
 UNIT = (
     f'[container]\nimage = "{REGISTRY}/u/app:latest"\n'
-    'command = ["sh", "-c", "trap \'exit 0\' TERM; while :; do sleep 0.2; done"]\n'
+    'command = ["sh", "-c", "echo running version $(cat /version); '
+    "trap 'exit 0' TERM; while :; do sleep 0.2; done\"]\n"
     '[ready]\nmode = "healthy"\ntimeout = "6s"\n'
     '[health]\ncommand = ["sh", "-c", "! grep -q bad /version"]\n'
     'interval = "300ms"\nretries = 1\n'
@@ -79,6 +80,11 @@ def update_record(deployment: Deployment) -> dict[str, str | None]:
     assert text is not None
     record: dict[str, str | None] = json.loads(text)
     return record
+
+
+def update_logs(deployment: Deployment, name: str = "app") -> str:
+    argv = [deployment.quayctl, "--run-dir", RUN_DIR, "logs", name]
+    return deployment.host.run(argv, check=False, timeout=60).stdout
 
 
 def stored_images(deployment: Deployment) -> dict[str, str]:
@@ -163,6 +169,10 @@ def test_updates_roll_back_a_version_that_is_never_ready(
     assert done.returncode == 0, done.stderr
     wait_until("v4 ready", lambda: ready_version(deployment, "4"), timeout=60)
     assert deployment.units()["app"]["digest"] not in (first_digest, second_digest, bad)
+    # One unit, one log: each version's container wrote to it, the rolled back one too.
+    logs = update_logs(deployment)
+    for version in ("1", "2", "3-bad", "4"):
+        assert f"running version {version}" in logs, logs
     print(f"updated in {updated_in:.1f} s, rolled back in {rolled_back_in:.1f} s")
     deployment.delete("app")
 
