@@ -112,11 +112,11 @@ def cmd_export_kube(args: argparse.Namespace) -> int:
 
 
 def _units(args: argparse.Namespace, settings: Settings) -> tuple[list[LoadedUnit], list[Any]]:
-    from quayd.cli.quayctl import _dropins_beside  # noqa: PLC0415
     from quayd.units.directory import (  # noqa: PLC0415
         UNIT_SUFFIX,
         InvalidUnit,
         UnitFiles,
+        dropins_beside,
         load_directory,
         load_files,
         unit_name_for,
@@ -138,7 +138,7 @@ def _units(args: argparse.Namespace, settings: Settings) -> tuple[list[LoadedUni
         if not path.is_file():
             findings.append(Finding(file=path, message="there is no such unit file"))
             continue
-        files = UnitFiles(name=unit_name_for(path), path=path, dropins=_dropins_beside(path))
+        files = UnitFiles(name=unit_name_for(path), path=path, dropins=dropins_beside(path))
         result = load_files(files)
         if isinstance(result, InvalidUnit):
             findings += result.findings

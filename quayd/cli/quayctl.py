@@ -495,6 +495,7 @@ def _validate_file(report: Report, path: Path) -> None:
         InvalidUnit,
         LoadedUnit,
         UnitFiles,
+        dropins_beside,
         load_files,
         name_finding,
         unit_name_for,
@@ -502,7 +503,7 @@ def _validate_file(report: Report, path: Path) -> None:
 
     report.checked.append(str(path))
     name = unit_name_for(path)
-    loaded = load_files(UnitFiles(name=name, path=path, dropins=_dropins_beside(path)))
+    loaded = load_files(UnitFiles(name=name, path=path, dropins=dropins_beside(path)))
     report.units[name] = isinstance(loaded, LoadedUnit)
     if isinstance(loaded, InvalidUnit):
         report.findings += loaded.findings
@@ -514,25 +515,16 @@ def _validate_file(report: Report, path: Path) -> None:
             report.findings.append(bad_name)
 
 
-def _dropins_beside(path: Path) -> tuple[Path, ...]:
-    """The drop-ins of unit file ``path`` (``NAME.toml.d/*.toml``), in the order they apply."""
-    from quayd.units.directory import UNIT_SUFFIX  # noqa: PLC0415
-
-    dropin_dir = path.with_name(path.name + ".d")
-    if not path.name.endswith(UNIT_SUFFIX) or not dropin_dir.is_dir():
-        return ()
-    return tuple(
-        sorted(
-            p
-            for p in dropin_dir.iterdir()
-            if p.name.endswith(UNIT_SUFFIX) and not p.name.startswith(".") and p.is_file()
-        )
-    )
-
-
 def _validate_as(report: Report, path: Path, name: str, directory: Path) -> None:
     """Check ``path`` as unit ``name`` among the other units of ``directory`` (before deploying)."""
-    from quayd.units.directory import UNIT_SUFFIX, UnitFiles, assemble, discover, load_files  # noqa: PLC0415
+    from quayd.units.directory import (  # noqa: PLC0415
+        UNIT_SUFFIX,
+        UnitFiles,
+        assemble,
+        discover,
+        dropins_beside,
+        load_files,
+    )
     from quayd.units.fieldtypes import UNIT_NAME, UNIT_NAME_ACCEPTED  # noqa: PLC0415
     from quayd.units.findings import Finding, QuayConfigError  # noqa: PLC0415
 
@@ -548,7 +540,7 @@ def _validate_as(report: Report, path: Path, name: str, directory: Path) -> None
         others, _ = discover(directory)
     except QuayConfigError:
         others = []  # a directory that does not exist yet holds no other unit
-    dropins = _dropins_beside(directory / f"{name}{UNIT_SUFFIX}")
+    dropins = dropins_beside(directory / f"{name}{UNIT_SUFFIX}")
     loaded = [load_files(f) for f in others if f.name != name]
     loaded.append(load_files(UnitFiles(name=name, path=path, dropins=dropins)))
     snapshot = assemble(directory, loaded)
@@ -562,7 +554,14 @@ def _validate_as(report: Report, path: Path, name: str, directory: Path) -> None
 
 def cmd_render(args: argparse.Namespace) -> int:
     from quayd.cli.common import print_findings, settings_from  # noqa: PLC0415
-    from quayd.units.directory import UNIT_SUFFIX, InvalidUnit, UnitFiles, load_files, unit_name_for  # noqa: PLC0415
+    from quayd.units.directory import (  # noqa: PLC0415
+        UNIT_SUFFIX,
+        InvalidUnit,
+        UnitFiles,
+        dropins_beside,
+        load_files,
+        unit_name_for,
+    )
 
     settings: Settings = settings_from(args)
     path = Path(args.unit)
@@ -573,7 +572,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"quayctl render: there is no unit file {path}", file=sys.stderr)
         return EXIT_INVALID
     name = unit_name_for(path)
-    loaded = load_files(UnitFiles(name=name, path=path, dropins=_dropins_beside(path)))
+    loaded = load_files(UnitFiles(name=name, path=path, dropins=dropins_beside(path)))
     if isinstance(loaded, InvalidUnit):
         print_findings(loaded.findings)
         return EXIT_INVALID

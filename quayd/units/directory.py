@@ -143,6 +143,21 @@ def discover(directory: Path) -> tuple[list[UnitFiles], list[Finding]]:
     return units, warnings
 
 
+def dropins_beside(path: Path) -> tuple[Path, ...]:
+    """The drop-ins of the unit file ``path`` (``NAME.toml.d/*.toml``), in the order they apply
+    (for one file named on a command line; :func:`discover` finds them for a directory)."""
+    dropin_dir = path.with_name(path.name + ".d")
+    if not path.name.endswith(UNIT_SUFFIX) or not dropin_dir.is_dir():
+        return ()
+    return tuple(
+        sorted(
+            p
+            for p in dropin_dir.iterdir()
+            if p.name.endswith(UNIT_SUFFIX) and not p.name.startswith(".") and p.is_file()
+        )
+    )
+
+
 def _dropins(directory: Path | None) -> tuple[tuple[Path, ...], list[Finding]]:
     if directory is None:
         return (), []
