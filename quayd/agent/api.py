@@ -452,11 +452,13 @@ class ApiServer:
 
 
 async def _refuse_bad_http(conn: Connection, error: h11.RemoteProtocolError) -> None:
-    """Answer a request h11 cannot read with 400 (or its status), if an answer may still go."""
+    """Answer a request h11 cannot read with 400 (or its 4xx status), if an answer may still go.
+    h11 hints 501 for a transfer coding it does not know (RFC 9112 allows that): the request is
+    the client's fault all the same, and bad input never gets a 5xx from us."""
     if conn.http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return
     status = error.error_status_hint
-    code = _CODE_OF_STATUS.get(status, "bad-request")
+    code = _CODE_OF_STATUS.get(status, "bad-request") if status < 500 else "bad-request"
     with contextlib.suppress(ConnectionError, h11.LocalProtocolError):
         await conn.reply(error_reply(code, f"not a request this server reads: {error}", close=True))
 

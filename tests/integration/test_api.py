@@ -566,6 +566,20 @@ def test_a_body_that_never_comes_does_not_hold_a_handler_forever(
     assert reply["error"]["message"] == "the body did not arrive within 1s"
 
 
+def test_an_unknown_transfer_coding_is_the_clients_error_not_ours(server: ApiServer) -> None:
+    """h11 hints 501 (RFC 9112 allows it); bad input gets a 400 of ours all the same."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(30)
+        raw.connect(str(server.path))
+        raw.sendall(b"POST /v1/plan HTTP/1.1\r\nHost: quay\r\nTransfer-Encoding: gzip\r\n\r\n")
+        response = http.client.HTTPResponse(raw)
+        response.begin()
+        status, reply = response.status, json.loads(response.read())
+    assert (status, reply["error"]["code"]) == (400, "bad-request")
+    assert reply["error"]["message"].startswith("not a request this server reads:")
+    assert call(server.path, "GET", "/v1/ping")[0] == 200
+
+
 def test_a_handler_failure_never_stops_the_server(server: ApiServer, agent: Agent) -> None:
     for _ in range(3):
         assert call(server.path, "GET", "/v1/units/boom")[0] == 500

@@ -7,6 +7,7 @@ the VM guest), whose Python has quayd but not pytest.
 from __future__ import annotations
 
 import json
+import random
 import re
 import socket
 from collections.abc import Iterator
@@ -169,10 +170,58 @@ def json_bytes(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
+MUTATED_HANDLERS = frozenset({"ping", "status", "show", "plan", "plan_dir"})
+"""The handlers whose requests are mutated: ones that change nothing whatever their input
+(a mutation can make a valid request), and none that streams (it could wait forever)."""
+
+
+def mutated(count: int, seed: int) -> Iterator[bytes]:
+    """``count`` requests made from the malformed ones of :data:`MUTATED_HANDLERS` by random
+    byte edits (seeded: a failure can be replayed) after their request line, which is kept."""
+    chooser = random.Random(seed)
+    targets = {
+        (route.method, concrete(route.path))
+        for route in ROUTES
+        if route.handler in MUTATED_HANDLERS
+    }
+    wanted = _encoded(targets)
+    bases = [r for r in malformed() if tuple(r.split(b" ", 2)[:2]) in wanted]
+    tokens = [
+        *(b"\r\n", b":", b"{", b"}", b'"', b"\x00", b"\xff", b"[", b"99999999999999999999"),
+        *(b"Content-Length: 9999", b"Transfer-Encoding: chunked", b"0\r\n\r\n"),
+    ]
+    for _ in range(count):
+        request = bytearray(chooser.choice(bases))
+        line_end = request.index(b"\r\n") + 2
+        for _ in range(chooser.randint(1, 6)):
+            at = chooser.randint(line_end, len(request))
+            edit = chooser.random()
+            if edit < 0.4:
+                request[at:at] = chooser.choice(tokens)
+            elif edit < 0.7:
+                del request[at : at + chooser.randint(1, 16)]
+            else:
+                request[at : at + 1] = bytes([chooser.randrange(256)])
+        yield bytes(request)
+
+
+def _encoded(targets: set[tuple[str, str]]) -> set[tuple[bytes, bytes]]:
+    return {(method.encode(), target.encode()) for method, target in targets}
+
+
+def inside_send_mutated(socket_path: str, count: int, seed: int) -> list[tuple[int | None, str]]:
+    """:func:`mutated` requests, each on its own connection (as :func:`inside_send_all`)."""
+    return _send(socket_path, mutated(count, seed))
+
+
 def inside_send_all(socket_path: str) -> list[tuple[int | None, str]]:
     """Each request on its own connection: (the answer's status or None, the request's start)."""
+    return _send(socket_path, malformed())
+
+
+def _send(socket_path: str, requests: Iterator[bytes]) -> list[tuple[int | None, str]]:
     answers: list[tuple[int | None, str]] = []
-    for request in malformed():
+    for request in requests:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(20)
             connection.connect(socket_path)
