@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from quayd.agent.adhoc_runs import AdHocRuns
@@ -31,7 +31,7 @@ from quayd.agent.work import Work
 from quayd.isolation.runtime import journald_running, trim_log_file
 from quayd.net.network import Network
 from quayd.reconcile.executor import Executor
-from quayd.reconcile.model import Desired, Observed, Plan
+from quayd.reconcile.model import Container, Desired, Observed, Plan
 from quayd.reconcile.plan import plan
 from quayd.units.directory import ConfigSnapshot, LoadCache, load_directory
 from quayd.units.findings import QuayConfigError
@@ -126,9 +126,10 @@ class Passes:
             return
         self.desired = self._build(snapshot)
         await self._resync_extras()
-        await self._restarts.settle(self._supervisor.containers())
+        containers = self._supervisor.containers()  # once a pass: the requests and the planner
+        await self._restarts.settle(containers)
         now = self._clock()
-        self.plan = plan(self.desired, self.observed(self.desired), now)
+        self.plan = plan(self.desired, self.observed(self.desired, containers), now)
         self.count += 1
         self.last_at = now
         self._emit_transitions()
@@ -164,9 +165,11 @@ class Passes:
         )
         return plan(desired, self.observed(desired), self._clock())
 
-    def observed(self, desired: Desired) -> Observed:
+    def observed(
+        self, desired: Desired, containers: Mapping[str, Container] | None = None
+    ) -> Observed:
         return Observed(
-            containers=self._supervisor.containers(),
+            containers=self._supervisor.containers() if containers is None else containers,
             images=self._pulls.observed(desired.units, self._executor.present_images()),
             history=self._supervisor.history(),
             busy=self._dispatcher.busy(),
