@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -215,11 +215,12 @@ class Bench:
 
     # --- quayd -----------------------------------------------------------------------------------
 
-    def start_quayd(self, program: list[str] | None = None) -> None:
+    def start_quayd(self, program: list[str] | None = None, extra: Sequence[str] = ()) -> None:
+        """quayd in the host, in the background; ``extra``: more of its options (``--config``)."""
         out = open(self.agent_log, "ab")  # noqa: SIM115 (kept open by the child)
         self.quayd = subprocess.Popen(
             [*self.host.nsenter(), *(program or quayd_argv()), "--state-dir", str(self.quay_state),
-             "--config-dir", str(self.config_dir), "--run-dir", RUN_DIR],
+             "--config-dir", str(self.config_dir), "--run-dir", RUN_DIR, *extra],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip

@@ -44,7 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -76,8 +76,9 @@ REGISTRY_PORT = 5000
 """docker-registry's port on the host's own loopback (a fresh network namespace)."""
 
 
-def ensure_packages() -> None:
-    missing = sorted({pkg for cmd, pkg in PACKAGES.items() if shutil.which(cmd) is None})
+def ensure_packages(packages: Mapping[str, str] = PACKAGES) -> None:
+    """apt-get install the packages of ``packages`` (command → package) whose command is missing."""
+    missing = sorted({pkg for cmd, pkg in packages.items() if shutil.which(cmd) is None})
     if missing:
         log(f"installing {' '.join(missing)}")
         subprocess.run(
@@ -194,7 +195,7 @@ def start(suite: Suite, runs: int) -> dict[str, list[float]]:
 
 
 @contextlib.contextmanager
-def host_registry(suite: Suite, directory: Path) -> Iterator[str]:
+def host_registry(host: BenchHost, directory: Path) -> Iterator[str]:
     """docker-registry inside the host, on its loopback; stopped (by PID) on exit."""
     directory.mkdir(parents=True)
     (directory / "storage").mkdir()
@@ -202,7 +203,7 @@ def host_registry(suite: Suite, directory: Path) -> Iterator[str]:
     config.write_text(_registry_config(directory / "storage", REGISTRY_PORT, None, None, None))
     with open(directory / "registry.log", "wb") as out:
         process = subprocess.Popen(
-            [*suite.host.nsenter(), "docker-registry", "serve", str(config)],
+            [*host.nsenter(), "docker-registry", "serve", str(config)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out,
         )  # fmt: skip
     address = f"127.0.0.1:{REGISTRY_PORT}"
@@ -216,10 +217,10 @@ def host_registry(suite: Suite, directory: Path) -> Iterator[str]:
         "sys.exit(1)\n"
     )
     try:
-        suite.host.run(["/usr/bin/python3", "-c", probe], timeout=60)
+        host.run(["/usr/bin/python3", "-c", probe], timeout=60)
         yield address
     finally:
-        child = agent.running_pid(suite.host, process)
+        child = agent.running_pid(host, process)
         if child is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, 15)
@@ -307,7 +308,7 @@ def pull_runs(suite: Suite, runs: int, big_mb: int) -> dict[str, Any]:
         "skopeo+umoci": skopeo_umoci,
     }
     with (
-        host_registry(suite, bench.root / "registry") as address,
+        host_registry(suite.host, bench.root / "registry") as address,
         pull_agent(suite, fresh("agent")) as options,
     ):
         running.append(options)
