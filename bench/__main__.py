@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import agent, decompress, metrics, pull, scale, suite, vm, writes
+from bench import agent, decompress, metrics, pull, scale, suite, update, vm, writes
 
 SCENARIOS = {
     "pull": pull.main,
@@ -13,6 +13,7 @@ SCENARIOS = {
     "scale": scale.main,
     "all": suite.main,
     "writes": writes.main,
+    "update": update.main,
     "metrics": metrics.main,
     "vm": vm.main,
 }
@@ -25,6 +26,8 @@ def main() -> int:
             "  all: every scenario, writes docs/benchmarks.md (--this-host: on this systemd)\n"
             "  scale: only the N-units scenario (--units N, --podman)\n"
             "  writes: file -> running, written in place and renamed, beside podman run -d\n"
+            "  update: ms unavailable during an image update, per strategy, beside podman "
+            "auto-update\n"
             "  metrics: quayd's CPU per Prometheus scrape with N containers (--units N)\n"
             "  vm: bench all in the booted cgroup v2 guest, beside podman (--quick, --units N)"
         )
