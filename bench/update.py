@@ -162,19 +162,35 @@ def gap(lines: Iterable[str], old: str, new: str) -> Gap:
 # --- images, pushed into the host's registry ----------------------------------------------------
 
 
-def build_layout(directory: Path, version: int) -> Path:
-    """Version ``version``'s OCI layout (busybox + /version), built once below ``directory``."""
+def build_layout(directory: Path, name: str, version: int, payload_mb: int = 0) -> Path:
+    """``name``'s version ``version``: an OCI layout of one layer (busybox, /version, and
+    ``payload_mb`` MiB of random bytes at /payload), built once below ``directory``."""
     # imported here: the unit tests import this module's pure part without the image builders
     from quayd.images.model import Platform  # noqa: PLC0415
     from tests.support.images import Layer, OciLayout, busybox_entries, file  # noqa: PLC0415
 
-    root = directory / f"v{version}"
+    root = directory / f"{name}-v{version}"
     if not (root / "index.json").exists():
         layout = OciLayout(root)
-        entries = [*busybox_entries(), file("version", f"{version}\n".encode())]
+        entries = [
+            *busybox_entries(),
+            file("version", f"{version}\n".encode()),
+            # each tool's layer its own: quay's store shares blobs between units, and one
+            # strategy's download must not be done already by another's
+            file("image", f"{name} {version}\n".encode()),
+        ]
+        if payload_mb:
+            entries.append(file("payload", os.urandom(payload_mb << 20)))  # incompressible
         descriptor, _ = layout.image([Layer.of(entries)], Platform.host())
         layout.tag(descriptor, "latest")
     return root
+
+
+def layout_mb(layout: Path) -> float:
+    """The layout's blobs (compressed layer, config, manifest) in MB: what an update downloads."""
+    return (
+        sum(blob.stat().st_size for blob in (layout / "blobs").rglob("*") if blob.is_file()) / 1e6
+    )
 
 
 def push(host: BenchHost, layout: Path, reference: str, home: Path) -> None:
@@ -345,15 +361,18 @@ def one_update(host: BenchHost, tool: str, version: int, trigger: list[str]) -> 
 
 
 def measure(
-    host: BenchHost, quay: Quay, podman: Podman, address: str, runs: int
+    host: BenchHost, quay: Quay, podman: Podman, address: str, *, runs: int, about: dict[str, Any]
 ) -> dict[str, list[dict[str, Any]]]:
     images = host.state_dir / "images"
     home = host.state_dir / "home"
     home.mkdir()
     reference = {tool: f"{address}/bench/{NAMES[tool]}:latest" for tool in TOOLS}
     log("images: building v1 and pushing it for each tool")
+    payload: int = about["payload_mb"]
     for tool in TOOLS:
-        push(host, build_layout(images, 1), reference[tool], home)
+        first = build_layout(images, NAMES[tool], 1, payload)
+        push(host, first, reference[tool], home)
+    about["image_mb"] = layout_mb(first)
     for strategy in STRATEGIES:
         quay.deploy(strategy, reference[strategy])
     podman.deploy(reference[PODMAN])
@@ -363,9 +382,10 @@ def measure(
     results: dict[str, list[dict[str, Any]]] = {tool: [] for tool in TOOLS}
     for run in range(runs):
         version = run + 1
-        layout = build_layout(images, version + 1)
         for tool in TOOLS:
-            push(host, layout, reference[tool], home)
+            push(
+                host, build_layout(images, NAMES[tool], version + 1, payload), reference[tool], home
+            )
             trigger = podman.argv("auto-update") if tool == PODMAN else quay.update(tool)
             result = one_update(host, tool, version, trigger)
             results[tool].append(result)
@@ -402,7 +422,9 @@ def report(summarised: dict[str, dict[str, float]], about: dict[str, Any]) -> st
         "",
         f"{about['date']}: quayd {about['commit']}; {about['host']} (/sys/fs/cgroup: "
         f"{about['cgroup_fs']}), {about['cores']} cores, {about['platform']}, {about['podman']}; "
-        f"load average {about['load_before']} before the run, {about['load_after']} after"
+        f"load average {about['load_before']} before the run, {about['load_after']} after; "
+        f"each image {about['image_mb']:.1f} MB (busybox, /version"
+        + (f", {about['payload_mb']} MiB of random bytes)" if about["payload_mb"] else ")")
         + (f"; {about['note']}" if about.get("note") else ""),
         "",
         "`python -m bench update` (bench/update.py): each unit or container serves its image's "
@@ -448,6 +470,12 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--out", type=Path, help="write the markdown report here")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument(
+        "--payload-mb",
+        type=int,
+        default=0,
+        help="MiB of random bytes added to each image (default 0: busybox and /version only)",
+    )
     parser.add_argument("--agent-log", type=Path, help="keep a copy of quayd's log here")
     parser.add_argument("--note", help="a remark for the report's header line (a busy machine)")
     args = parser.parse_args(argv)
@@ -464,6 +492,7 @@ def main(argv: list[str]) -> int:
         "platform": f"kernel {platform.release()}, Debian {DEBIAN_VERSION.read_text().strip()}",
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "note": args.note,
+        "payload_mb": args.payload_mb,
     }
     with contextlib.ExitStack() as stack:
         if args.commit:
@@ -508,7 +537,7 @@ def _run(
             try:
                 bench.start_quayd(extra=["--config", str(settings)])
                 wait_until("quayd answering", bench.status, 30)
-                return measure(host, quay, podman, address, runs)
+                return measure(host, quay, podman, address, runs=runs, about=about)
             finally:
                 if agent_log and bench.agent_log.exists():
                     shutil.copyfile(bench.agent_log, agent_log)

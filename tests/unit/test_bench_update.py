@@ -74,10 +74,13 @@ def test_the_summary_puts_each_tool_beside_podman_and_the_report_has_a_row_each(
         "load_before": "1.00 1.00 1.00",
         "load_after": "2.00 1.00 1.00",
         "note": "VM tests ran meanwhile",
+        "image_mb": 1.04,
+        "payload_mb": 0,
     }
     text = report(summarised, about)
     assert "/sys/fs/cgroup: tmpfs" in text
     assert "2 cores" in text
     assert "VM tests ran meanwhile" in text
+    assert "each image 1.0 MB (busybox, /version)" in text
     assert "| quay `download-then-replace` | 3 | 200 | 300 | 20 | 0.40x | 0.10 | 0.40 |" in text
     assert "| `podman auto-update` | 3 | 500 | 600 | 50 | 1.00x | 0.10 | 0.70 |" in text
