@@ -43,8 +43,9 @@ PACKAGES = (
     # kernel and an initrd that finds the virtio disk
     "systemd", "systemd-sysv", "udev", "dbus", "linux-image-amd64", "initramfs-tools", "kmod",
     "util-linux", "procps", "iproute2", "openssh-server",
-    # quay itself: Python for its venv, the runtime, nft, the default seccomp profile and CAs
-    "python3", "python3-venv", "crun", "nftables", "golang-github-containers-common",
+    # quay itself, as packaging/systemd/README.md lists it: Python for its venv, the runtime,
+    # nft, the default seccomp profile, tini (tini-static: each container's init) and CAs
+    "python3", "python3-venv", "crun", "nftables", "golang-github-containers-common", "tini",
     "ca-certificates",
     # what golang-github-containers-common's virtual dependency container-network-stack is
     # (debootstrap resolves no virtual packages)
