@@ -17,6 +17,7 @@ from tests.e2e.test_agent_images import REGISTRY, Registry, version_in
 from tests.support.agent import HOSTS, RUN_DIR, Deployment, deployed, running, wait_until
 from tests.support.images import Layer, OciLayout, busybox_entries, file
 from tests.support.systemd_host import CONTAINER_TEST_MARKS
+from tests.support.vm_host import VmHost
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
 
@@ -356,4 +357,72 @@ def test_unavailability_during_an_update_of_a_unit_ready_on_tcp(
     gap_ms = (first_new - last_old) * 1000
     print(f"{strategy}: unavailable {gap_ms:.0f} ms ({len(answers)} requests)")
     assert gap_ms < 20_000
+    deployment.delete(name)
+
+
+def slow_to_be_ready(text: str, strategy: str) -> str:
+    """UNIT with ``strategy``, each version ready 2 s after its start: a cut within that time
+    lands while the new container runs and is not yet ready (or v1 is stopped and v2 pulled)."""
+    started = "echo running version $(cat /version); "
+    healthy = "! grep -q bad /version"
+    assert started in text
+    assert healthy in text
+    text = text.replace(started, started + "(sleep 2; touch /tmp/up) & ")
+    text = text.replace(healthy, "test -f /tmp/up && " + healthy)
+    return text.replace('"download-then-replace"', f'"{strategy}"')
+
+
+@pytest.mark.parametrize("deployment", [HOSTS[1]], indirect=True)  # a power cut needs the guest
+@pytest.mark.parametrize(
+    ("strategy", "delay"),
+    [("download-then-replace", 0.0), ("download-then-replace", 1.2),
+     ("stop-then-download", 0.6), ("replace-then-download", 0.6)],
+)  # fmt: skip
+def test_a_power_cut_during_the_replace_leaves_the_old_or_the_new_version(
+    deployment: Deployment, registry: Registry, strategy: str, delay: float
+) -> None:
+    """The guest's plug pulled ``delay`` s after the replace began (the disk keeps only what
+    was flushed, vm_host.py): after the boot the unit runs v1 or v2, one container, from the
+    store alone (no registry in that boot) where the strategy kept an image; replace-then-download
+    removed v1's before pulling v2, so it needs the registry back. The store verifies, and the
+    next update converges to v2."""
+    host = deployment.host
+    assert isinstance(host, VmHost)
+    name = f"cut{strategy.split('-', maxsplit=1)[0]}{int(delay * 10)}"
+    repository = f"u/{name}"
+    registry.push(repository, "1")
+    deployment.write(name, slow_to_be_ready(unit_text(repository), strategy))
+    running(deployment, name)
+    wait_until("v1 ready", lambda: ready_version(deployment, "1", name))
+    registry.push(repository, "2")
+    host.run(["sync"])  # the unit, v1 and the pushed v2 are long written, as in the field
+    assert update(deployment, name=name).returncode == 0
+    wait_until("the replace", lambda: "updating" in kinds(deployment, name), timeout=60)
+    time.sleep(delay)
+    host.power_cut()
+    host.boot()
+    if strategy == "replace-then-download":
+        registry.start()
+    wait_until("quayd after the boot", lambda: deployment.status().get("agent"), timeout=120)
+    counts: list[int] = []
+
+    def one_version() -> str | None:
+        counts.append(containers_of(deployment, name))
+        for version in ("1", "2"):
+            if ready_version(deployment, version, name):
+                return version
+        return None
+
+    version = wait_until("v1 or v2 ready after the boot", one_version, timeout=120)
+    assert max(counts) <= 1, counts  # never two containers
+    assert containers_of(deployment, name) == 1
+    verify = [deployment.quayctl, "--state-dir", str(deployment.state_dir), "image", "verify"]
+    verified = host.run(verify, check=False, timeout=120)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    after = " ".join(kinds(deployment, name))
+    print(f"{strategy}, cut {delay} s into the replace: v{version} after the boot ({after})")
+    if strategy != "replace-then-download":
+        registry.start()
+    assert update(deployment, name=name).returncode == 0
+    wait_until("v2 ready", lambda: ready_version(deployment, "2", name), timeout=60)
     deployment.delete(name)
