@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from quayd.images.model import Platform
 from tests.support.agent import HOSTS, RUN_DIR, Deployment, deployed, running, wait_until
-from tests.support.images import Layer, OciLayout, busybox_entries, file
+from tests.support.images import Entry, Layer, OciLayout, busybox_entries, file
 from tests.support.systemd_host import CONTAINER_TEST_MARKS
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
@@ -57,11 +57,12 @@ class Registry:
         self.host.systemctl("stop", self.UNIT)
         wait_until("the registry gone", lambda: not self._up())
 
-    def push(self, repository: str, version: str) -> None:
-        """An image whose /version says ``version``, pushed as ``repository:latest``."""
+    def push(self, repository: str, version: str, extra: Sequence[Entry] = ()) -> None:
+        """An image whose /version says ``version`` (and ``extra`` entries), pushed as
+        ``repository:latest``."""
         name = f"layout-{repository.replace('/', '-')}-{version}"
         layout = OciLayout(self.host.staging / name)
-        entries = [*busybox_entries(), file("version", f"{version}\n".encode())]
+        entries = [*busybox_entries(), file("version", f"{version}\n".encode()), *extra]
         descriptor, _ = layout.image([Layer.of(entries)], Platform.host())
         layout.tag(descriptor, "latest")
         remote = self.root / name

@@ -14,7 +14,15 @@ import pytest
 
 from quayd.images.model import Platform
 from tests.e2e.test_agent_images import REGISTRY, Registry, version_in
-from tests.support.agent import HOSTS, RUN_DIR, Deployment, deployed, running, wait_until
+from tests.support.agent import (
+    HOSTS,
+    RUN_DIR,
+    Deployment,
+    deployed,
+    running,
+    use_settings,
+    wait_until,
+)
 from tests.support.images import Layer, OciLayout, busybox_entries, file
 from tests.support.systemd_host import CONTAINER_TEST_MARKS
 from tests.support.vm_host import VmHost
@@ -40,25 +48,13 @@ UNIT = (
 
 # No scheduled check during the test: each one is asked for with quayctl update.
 SETTINGS = '[updates]\ncheck_interval = "24h"\njitter = "0s"\n'
-DROP_IN = "[Service]\nExecStart=\nExecStart={exec_start} --config {settings}\n"
 
 
 @pytest.fixture(scope="module", params=HOSTS)
 def deployment(request: pytest.FixtureRequest, sd_notify: Path) -> Iterator[Deployment]:
     with deployed(sd_notify, host=request.param, start=False) as deployment:
-        host = deployment.host
-        settings = host.scratch / "quayd.toml"
-        host.write_file(str(settings), SETTINGS)
-        shown = host.systemctl("show", "-p", "ExecStart", "--value", "quayd").stdout
-        argv = shown.split("argv[]=", 1)[1].split(" ;", 1)[0].strip()
-        directory = "/etc/systemd/system" if host.kind == "vm" else "/run/systemd/system"
-        host.write_file(
-            f"{directory}/quayd.service.d/updates.conf",
-            DROP_IN.format(exec_start=argv, settings=settings),
-            atomic=False,
-        )
-        host.systemctl("daemon-reload")
-        host.systemctl("start", "quayd")
+        use_settings(deployment, SETTINGS)
+        deployment.host.systemctl("start", "quayd")
         yield deployment
 
 

@@ -375,6 +375,26 @@ class Deployment:
         return self.host.run(["kill", "-0", str(pid)], check=False).returncode == 0
 
 
+SETTINGS_DROP_IN = "[Service]\nExecStart=\nExecStart={exec_start} --config {settings}\n"
+
+
+def use_settings(deployment: Deployment, text: str) -> None:
+    """quayd's settings file (quayd.toml) ``text``, passed with ``--config`` by a drop-in of the
+    service, as a user would; quayd is restarted by the caller (``systemctl start``/``restart``)."""
+    host = deployment.host
+    settings = host.scratch / "quayd.toml"
+    host.write_file(str(settings), text)
+    shown = host.systemctl("show", "-p", "ExecStart", "--value", "quayd").stdout
+    argv = shown.split("argv[]=", 1)[1].split(" ;", 1)[0].strip()
+    directory = "/etc/systemd/system" if host.kind == "vm" else "/run/systemd/system"
+    host.write_file(
+        f"{directory}/quayd.service.d/settings.conf",
+        SETTINGS_DROP_IN.format(exec_start=argv, settings=settings),
+        atomic=False,
+    )
+    host.systemctl("daemon-reload")
+
+
 def running(deployment: Deployment, name: str) -> int:
     return wait_until(f"{name} running", lambda: deployment.running_pid(name))
 
