@@ -20,7 +20,15 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent import HOSTS, WEB_BASE, Deployment, deployed, running, wait_until
+from tests.support.agent import (
+    HOSTS,
+    WEB_BASE,
+    Deployment,
+    deployed,
+    running,
+    use_settings,
+    wait_until,
+)
 from tests.support.metrics_doc import doc_block
 from tests.support.systemd_host import CONTAINER_TEST_MARKS
 
@@ -52,11 +60,6 @@ policy = "no"
 """Held at 0 OOM kills for 10 s (Prometheus sees the series before it rises), then a subshell
 grows past the limit and is the OOM killer's choice (the largest process); the init lives on,
 so its cgroup, and the kill it counts, stay for the scrapes."""
-DROP_IN = """\
-[Service]
-ExecStart=
-ExecStart={exec_start} --config {settings}
-"""
 
 
 class Prometheus:
@@ -132,18 +135,7 @@ class Prometheus:
 
 def enable_metrics(deployment: Deployment) -> None:
     """``[metrics] listen`` in a settings file that a drop-in hands quayd with ``--config``."""
-    host = deployment.host
-    settings = host.scratch / "quayd.toml"
-    host.write_file(str(settings), f'[metrics]\nlisten = "{METRICS}"\n')
-    shown = host.systemctl("show", "-p", "ExecStart", "--value", "quayd").stdout
-    argv = shown.split("argv[]=", 1)[1].split(" ;", 1)[0].strip()
-    directory = "/etc/systemd/system" if host.kind == "vm" else "/run/systemd/system"
-    host.write_file(
-        f"{directory}/quayd.service.d/metrics.conf",
-        DROP_IN.format(exec_start=argv, settings=settings),
-        atomic=False,
-    )
-    host.systemctl("daemon-reload")
+    use_settings(deployment, f'[metrics]\nlisten = "{METRICS}"\n')
 
 
 @pytest.fixture(scope="module", params=HOSTS)

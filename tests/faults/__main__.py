@@ -56,6 +56,10 @@ SCENARIOS = {
     )
 }  # fmt: skip
 NOT_BUILT = (
+    "power cuts pass only in part: the campaign is built (tests/faults/power.py, `power` here) "
+    "and finds a defect not fixed yet: after a cut and the boot, a unit stopped as not ready in "
+    "time cannot start again, its old scope still loaded ('Unit quay-NAME.scope was already "
+    "loaded or has a fragment file'); until it is fixed the campaign is not in ./dev test",
     "interrupted and hostile registries (a pull cut at every stage, stalls, resets, wrong "
     "digests, short bodies) and a disk filling up during a pull",
     "churn and soak: 100 units, 1,000 creates/edits/deletes over 5 minutes, RSS and fds",
@@ -129,7 +133,7 @@ def render(outcomes: list[Outcome], commit: str) -> str:
             lines.append(f"- {o.scenario.name}: {finding}")
         for note in sorted(set((o.figures or {}).get("notes", []))):
             lines.append(f"- {o.scenario.name} (not quay's): {note}")
-    lines += ["", "Not built yet (issue 19):", ""]
+    lines += ["", "Not built yet, or not passing (issue 19):", ""]
     lines += [f"- {item}" for item in NOT_BUILT]
     return "\n".join(lines) + "\n"
 
