@@ -363,10 +363,25 @@ class Campaign:
             tail = self.host.run(
                 ["journalctl", "-u", "quayd", "-n", "40", "--no-pager", "-o", "cat"], check=False
             ).stdout
+            scopes = "\n".join(
+                self.scope_status(name)
+                for name in self.units
+                if any(line.startswith(f"{name}:") for line in missing)
+            )
             raise AssertionError(
-                f"not converged after {CONVERGE_TIMEOUT:.0f} s: {missing}\nquayd:\n{tail}"
+                f"not converged after {CONVERGE_TIMEOUT:.0f} s: {missing}\nquayd:\n{tail}\n"
+                f"their scopes:\n{scopes}"
             ) from None
         return time.monotonic() - began
+
+    def scope_status(self, name: str) -> str:
+        """What systemd says of the unit's scope (for a failure's message)."""
+        scope = f"quay-{name}.scope"
+        shown = self.host.systemctl(
+            "show", scope, "-p", "LoadState,ActiveState,SubState,Result,ControlGroup", check=False
+        ).stdout
+        status = self.host.systemctl("status", "--no-pager", "-n", "5", scope, check=False).stdout
+        return f"--- {scope}\n{shown}{status}"
 
     def not_converged(self) -> list[str]:
         """What still differs from the files: empty once converged."""
@@ -444,7 +459,12 @@ def campaign(
     work.start()
     report = CrashReport()
     for number in range(1, kills + 1):
-        done = work.round(rng)
+        try:
+            done = work.round(rng)
+        except AssertionError as error:  # not converged: the campaign's finding, and its end
+            report.rounds.append(Round(action=f"round {number}", lost=[str(error)]))
+            log(f"{kind.FAULT} {number}/{kills}: FOUND {error}")
+            break
         report.rounds.append(done)
         log(
             f"{kind.FAULT} {number}/{kills}: {done.action}; back in {done.downtime:.1f} s, "
