@@ -151,6 +151,8 @@ class Agent:
                 fix="apt-get install golang-github-containers-common",
             )
         self.store = Store.for_settings(self.settings)
+        for path in self.store.sweep_leftovers():
+            log.info("store: removed what an interrupted pull left", path=path)
         self.network = Network(
             self.settings.network, state_dir=self.state_dir, run_dir=self.run_dir
         )

@@ -287,6 +287,18 @@ class Store:
         with _flocked(self.root / ".gc.lock", fcntl.LOCK_EX):
             yield
 
+    def sweep_leftovers(self) -> list[str]:
+        """Remove what a process killed mid-pull left (layer staging dirs, temporary files),
+        unless a pull runs now in another process (``quayctl image pull --local``): then the
+        next sweep or verify removes them. The paths removed. The agent calls it at its start,
+        before its own pulls: a kill -9 or a power cut mid-unpack leaves a staging dir behind
+        for every layer it was unpacking (found by tests/faults/crashes.py)."""
+        try:
+            with _flocked(self.root / ".gc.lock", fcntl.LOCK_EX | fcntl.LOCK_NB):
+                return self._remove_leftovers()
+        except BlockingIOError:
+            return []
+
     def check_free_space(
         self, needed: int = 0, *, floor: int = DEFAULT_MIN_FREE_BYTES, what: str = "the pull"
     ) -> None:
