@@ -126,6 +126,7 @@ def render(outcomes: list[Outcome], commit: str) -> str:
             f"{'yes' if o.passed else '**no**'} | {' | '.join(cells)} | {o.seconds:.0f} s |"
         )
     lines += ["", "Findings and notes:", ""]
+    first = len(lines)
     for o in outcomes:
         if not o.passed:
             lines.append(f"- {o.scenario.name} failed: `{o.tail.splitlines()[-1]}`")
@@ -133,6 +134,8 @@ def render(outcomes: list[Outcome], commit: str) -> str:
             lines.append(f"- {o.scenario.name}: {finding}")
         for note in sorted(set((o.figures or {}).get("notes", []))):
             lines.append(f"- {o.scenario.name} (not quay's): {note}")
+    if len(lines) == first:
+        lines.append("- none")
     lines += ["", "Not built yet, or not passing (issue 19):", ""]
     lines += [f"- {item}" for item in NOT_BUILT]
     return "\n".join(lines) + "\n"
