@@ -27,13 +27,13 @@ copy`` as ``bench/REPO:latest``, one repository per tool. Every container runs `
   them into the unit too) rather than ``--root``/``--runroot``: the generated unit's ExecStop and
   ExecStopPost drop those flags, and would act on /var/lib/containers, the machine's own.
 
-One run: the next version pushed, then a probe started inside the host (:data:`PROBE`: a GET of
-``/version`` over and over, 0.5 s timeout, 5 ms pause after a failure, printing when each
-request began and what it got), 1 s later the update asked for (``quayctl update NAME`` /
-``podman auto-update``, timed inside the host), and the probe stops 1 s after its first answer
-from the new version. The gap (:func:`gap`): the first new answer's start minus the start of the
-last old answer before it, and the failed requests between. Runs alternate the four tools; each
-goes from the version it runs to the next.
+One run: the next version pushed, then a probe started inside the host
+(tests/support/version_probe.py: a GET of ``/version`` over and over, 0.5 s timeout, 5 ms
+pause after a failure, printing when each request began and what it got), 1 s later the
+update asked for (``quayctl update NAME`` / ``podman auto-update``, timed inside the host),
+and the probe stops 1 s after its first answer from the new version. The gap (:func:`gap`):
+the first new answer's start minus the start of the last old answer before it, and the failed
+requests between. Runs alternate the four tools; each goes from the version it runs to the next.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from bench import agent, suite
 from bench.agent import RUN_DIR, Bench, log, percentile, wait_until
 from bench.hosts import BenchHost, LocalHostError, cgroup_fs, local_host, local_refusal
 from tests.support.systemd_host import systemd_host
+from tests.support.version_probe import PROBE
 
 STRATEGIES = ("download-then-replace", "replace-then-download", "stop-then-download")
 PODMAN = "podman auto-update"
@@ -82,29 +83,6 @@ CONTAINERS_CONF = '[engine]\ntmp_dir = "{tmpdir}"\n'
 PROBE_SECONDS = 60.0
 """The probe's deadline: far beyond any update here (it stops 1 s after the new version)."""
 
-PROBE = """\
-import socket, sys, time
-port, new = int(sys.argv[1]), sys.argv[3]
-stop = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < stop:
-    began = time.monotonic()
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"GET /version HTTP/1.0\\r\\n\\r\\n")
-            body = b""
-            while chunk := s.recv(4096):
-                body += chunk
-        answer = body.split(b"\\r\\n\\r\\n", 1)[-1].decode(errors="replace").strip() or "-"
-    except OSError:
-        answer = "-"
-    print(f"{began:.4f} {answer.split()[0] if answer.split() else '-'}", flush=True)
-    if answer == new:
-        stop = min(stop, began + 1.0)  # enough of the new version: it is there
-    if answer == "-":
-        time.sleep(0.005)
-"""
-"""Run inside the host (``python3 -c PROBE PORT SECONDS NEW``): ``MONOTONIC ANSWER`` per request,
-``-`` for a failure (as tests/e2e/test_agent_updates.py's PROBE)."""
 
 TIMED = """\
 import subprocess, sys, time

@@ -20,11 +20,11 @@ from tests.support.agent import (
     Deployment,
     deployed,
     running,
-    use_settings,
     wait_until,
 )
 from tests.support.images import Layer, OciLayout, busybox_entries, file
 from tests.support.systemd_host import CONTAINER_TEST_MARKS
+from tests.support.version_probe import PROBE
 from tests.support.vm_host import VmHost
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
@@ -52,9 +52,7 @@ SETTINGS = '[updates]\ncheck_interval = "24h"\njitter = "0s"\n'
 
 @pytest.fixture(scope="module", params=HOSTS)
 def deployment(request: pytest.FixtureRequest, sd_notify: Path) -> Iterator[Deployment]:
-    with deployed(sd_notify, host=request.param, start=False) as deployment:
-        use_settings(deployment, SETTINGS)
-        deployment.host.systemctl("start", "quayd")
+    with deployed(sd_notify, host=request.param, settings=SETTINGS) as deployment:
         yield deployment
 
 
@@ -185,7 +183,7 @@ def test_a_kill_9_of_the_agent_during_the_replace_converges_to_the_new_version(
     done = update(deployment, name="kill")
     assert done.returncode == 0, done.stderr
     wait_until("the replace", lambda: "updating" in kinds(deployment, "kill"), timeout=60)
-    main_pid = int(deployment.show("MainPID")["MainPID"])
+    main_pid = deployment.main_pid()
     deployment.host.run(["kill", "-KILL", str(main_pid)])
     counts: list[int] = []
 
@@ -205,7 +203,7 @@ def test_a_kill_9_of_the_agent_during_the_replace_converges_to_the_new_version(
             check=False,
         ).stdout
         raise AssertionError(f"{error}\n{status.stdout}\njournal:\n{journal}") from None
-    assert int(deployment.show("MainPID")["MainPID"]) != main_pid
+    assert deployment.main_pid() != main_pid
     assert max(counts) <= 1  # never two containers
     assert containers_of(deployment, "kill") == 1
     record = json.loads(
@@ -279,27 +277,6 @@ def test_local_policy_follows_the_store(deployment: Deployment) -> None:
     time.sleep(1)
     assert kinds(deployment, "loc").count("updating") == 2  # v3 is not tried again
     deployment.delete("loc")
-
-
-# A client asking for /version as fast as it can, each answer or failure with its time.
-PROBE = """\
-import socket, sys, time
-port, stop = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
-while time.monotonic() < stop:
-    began = time.monotonic()
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"GET /version HTTP/1.0\\r\\n\\r\\n")
-            body = b""
-            while chunk := s.recv(4096):
-                body += chunk
-        answer = body.split(b"\\r\\n\\r\\n", 1)[-1].decode().strip() or "-"
-    except OSError:
-        answer = "-"
-    print(f"{began:.4f} {answer}", flush=True)
-    if answer == "-":
-        time.sleep(0.005)
-"""
 
 
 def served(deployment: Deployment, port: int) -> str:

@@ -26,7 +26,6 @@ from tests.support.agent import (
     Deployment,
     deployed,
     running,
-    use_settings,
     wait_until,
 )
 from tests.support.metrics_doc import doc_block
@@ -35,6 +34,8 @@ from tests.support.systemd_host import CONTAINER_TEST_MARKS
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
 
 METRICS = "127.0.0.1:9464"
+SETTINGS = f'[metrics]\nlisten = "{METRICS}"\n'
+"""quayd.toml: the metrics endpoint on the host's loopback."""
 PROMETHEUS_BINARY = "/usr/bin/prometheus"
 PROMETHEUS = "127.0.0.1:9090"  # inside the host's network: nothing else listens there
 MiB = 1 << 20
@@ -133,17 +134,9 @@ class Prometheus:
         return float(sample[1])
 
 
-def enable_metrics(deployment: Deployment) -> None:
-    """``[metrics] listen`` in a settings file that a drop-in hands quayd with ``--config``."""
-    use_settings(deployment, f'[metrics]\nlisten = "{METRICS}"\n')
-
-
 @pytest.fixture(scope="module", params=HOSTS)
 def deployment(request: pytest.FixtureRequest, sd_notify: Path) -> Iterator[Deployment]:
-    with deployed(sd_notify, host=request.param, start=False) as deployment:
-        enable_metrics(deployment)
-        deployment.write("web", WEB)
-        deployment.host.systemctl("start", "quayd")
+    with deployed(sd_notify, {"web": WEB}, host=request.param, settings=SETTINGS) as deployment:
         yield deployment
 
 

@@ -329,20 +329,19 @@ class Campaign:
             return f"update {PULLER} to v{self.version}", {PULLER}
         return ADOPTION, set()
 
-    def main_pid(self) -> int:
-        return int(self.deployment.show("MainPID")["MainPID"] or 0)
-
     def kill(self, *, adopting: bool, rng: random.Random) -> float:
         """kill -9 the agent (again while it adopts, when ``adopting``); the seconds until a new
         one answers."""
-        pid = self.main_pid()
+        pid = self.deployment.main_pid()
         if adopting:
             self.host.run(["kill", "-KILL", str(pid)], check=False)
-            pid = wait_until("a new quayd", lambda: (p := self.main_pid()) not in (0, pid) and p)
+            pid = wait_until(
+                "a new quayd", lambda: (p := self.deployment.main_pid()) not in (0, pid) and p
+            )
             time.sleep(rng.uniform(0.0, 0.5))
         killed = time.monotonic()
         self.host.run(["kill", "-KILL", str(pid)], check=False)
-        wait_until("a new quayd", lambda: self.main_pid() not in (0, pid), timeout=60)
+        wait_until("a new quayd", lambda: self.deployment.main_pid() not in (0, pid), timeout=60)
         wait_until("the agent answering", lambda: self.deployment.status().get("agent"), 60)
         return time.monotonic() - killed
 

@@ -20,7 +20,7 @@ from tests.e2e.test_agent_images import Registry
 from tests.faults.crashes import SETTINGS, campaign
 from tests.faults.power import PowerCuts
 from tests.support import vm_host as vm
-from tests.support.agent import Deployment, deployed, use_settings
+from tests.support.agent import Deployment, deployed
 from tests.support.systemd_host import CONTAINER_TEST_MARKS
 
 pytestmark = [
@@ -35,9 +35,7 @@ SEED = int(os.environ.get("QUAY_FAULT_SEED", "19"))
 
 @pytest.fixture(scope="module")
 def deployment(sd_notify: Path) -> Iterator[Deployment]:
-    with deployed(sd_notify, start=False, host="vm") as deployment:
-        use_settings(deployment, SETTINGS)
-        deployment.host.systemctl("start", "quayd")
+    with deployed(sd_notify, host="vm", settings=SETTINGS) as deployment:
         yield deployment
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.test_agent_images import Registry
 from tests.faults.crashes import SETTINGS, campaign
-from tests.support.agent import Deployment, deployed, use_settings, wait_until
+from tests.support.agent import Deployment, deployed, wait_until
 from tests.support.systemd_host import CONTAINER_TEST_MARKS
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
@@ -24,9 +24,7 @@ SEED = int(os.environ.get("QUAY_FAULT_SEED", "19"))
 
 @pytest.fixture(scope="module")
 def deployment(sd_notify: Path) -> Iterator[Deployment]:
-    with deployed(sd_notify, start=False) as deployment:
-        use_settings(deployment, SETTINGS)
-        deployment.host.systemctl("start", "quayd")
+    with deployed(sd_notify, settings=SETTINGS) as deployment:
         yield deployment
 
 
@@ -47,12 +45,12 @@ def test_a_burst_of_crashes_never_makes_systemd_give_up(deployment: Deployment) 
     """Ten kills, each as soon as the next agent runs: more than systemd's default start limit
     (5 in 10 s), which the packaged service turns off; quayd is back after the last."""
     assert deployment.show("StartLimitIntervalUSec")["StartLimitIntervalUSec"] == "0"
-
-    def main_pid() -> int:
-        return int(deployment.show("MainPID")["MainPID"])
-
     for _ in range(10):
-        killed = main_pid()
+        killed = deployment.main_pid()
         deployment.host.run(["kill", "-KILL", str(killed)], check=False)
-        wait_until("a new quayd", lambda: main_pid() not in (0, killed), timeout=30)  # noqa: B023
+        wait_until(
+            "a new quayd",
+            lambda: deployment.main_pid() not in (0, killed),  # noqa: B023
+            timeout=30,
+        )
     wait_until("the agent answering", lambda: deployment.status().get("agent"), timeout=60)

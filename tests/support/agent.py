@@ -371,6 +371,10 @@ class Deployment:
         )
         return done.stdout.strip()
 
+    def main_pid(self) -> int:
+        """quayd's PID as systemd knows it (0 while none runs)."""
+        return int(self.show("MainPID")["MainPID"] or 0)
+
     def alive(self, pid: int) -> bool:
         return self.host.run(["kill", "-0", str(pid)], check=False).returncode == 0
 
@@ -435,13 +439,16 @@ def deployed(
     *,
     start: bool = True,
     host: str = "namespace",
+    settings: str | None = None,
 ) -> Iterator[Deployment]:
     """A throwaway host (``namespace`` or ``vm``) with quayd installed as its packaged
-    service, ``units`` written, and (with ``start``) the service started; quayd is stopped
-    before the host goes."""
+    service, its ``settings`` (quayd.toml text, :func:`use_settings`), ``units`` written, and
+    (with ``start``) the service started; quayd is stopped before the host goes."""
     with booted_host(host) as inner:
         deployment = Deployment(inner)
         deployment.install(sd_notify)
+        if settings is not None:
+            use_settings(deployment, settings)
         for name, text in (units or {}).items():
             deployment.write(name, text)
         if start:
