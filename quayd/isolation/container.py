@@ -52,6 +52,7 @@ from quayd.isolation.cgroups import (
     usage,
 )
 from quayd.isolation.errors import IsolationError
+from quayd.isolation.leftovers import end_leftovers
 from quayd.isolation.oom import OomEvents, oom_kills, oom_verdict, watch_oom
 from quayd.isolation.resources import device_paths
 from quayd.isolation.rootfs import ROOTFS, mount_rootfs, mounts_below, unmount_rootfs
@@ -271,13 +272,19 @@ def create(
     yet. Work that must be done before it runs (its network) goes between this and
     :func:`start_created`; on failure there, :func:`abort` removes what was created."""
     stdio = logs if isinstance(logs, Stdio) else Stdio(stdout=logs, stderr=logs)
-    pid = runtime.create(
-        bundle.name,
-        bundle.directory,
-        pid_file=bundle.directory / PID_FILE,
-        stdio=stdio,
-        console_socket=console_socket,
-    )
+    if runtime.state(bundle.name) is None:
+        end_leftovers(bundle.name, systemd_driver=runtime.systemd_cgroup)
+    try:
+        pid = runtime.create(
+            bundle.name,
+            bundle.directory,
+            pid_file=bundle.directory / PID_FILE,
+            stdio=stdio,
+            console_socket=console_socket,
+        )
+    except BaseException:
+        _undo_create(bundle.name, runtime)
+        raise
     try:
         events = watch_oom(pid)
     except BaseException:
@@ -285,6 +292,16 @@ def create(
             runtime.delete(bundle.name, force=True)
         raise
     return Created(pid=pid, id=bundle.name, oom_events=events)
+
+
+def _undo_create(container_id: str, runtime: Runtime) -> None:
+    """After a create that failed: what the runtime still knows is deleted; what it cannot know
+    (the init of a create killed on its timeout) is ended by its cgroup (:mod:`leftovers`)."""
+    with contextlib.suppress(IsolationError):
+        if runtime.state(container_id) is not None:
+            runtime.delete(container_id, force=True)
+        else:
+            end_leftovers(container_id, systemd_driver=runtime.systemd_cgroup)
 
 
 def start_created(created: Created, runtime: Runtime) -> Started:

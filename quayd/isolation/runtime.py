@@ -148,6 +148,8 @@ class Runtime(Protocol):
     """What the rest of quay needs from an OCI runtime."""
 
     name: str
+    systemd_cgroup: bool
+    """The container's cgroup is a systemd scope (``--systemd-cgroup``), else the runtime's own."""
 
     def create(
         self,

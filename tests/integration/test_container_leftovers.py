@@ -1,0 +1,218 @@
+"""A create that died leaves the container's init in its cgroup, unknown to the runtime: the next
+create of that name ends it and starts (quayd.isolation.leftovers), under both drivers.
+
+Found by the power-cut campaign (issue 19): on a guest slow after its boot a ``crun create`` ran
+past its timeout and was killed; its init, waiting for a start that never came, kept
+``quay-NAME.scope`` alive, and every later start of the unit failed with "Unit quay-NAME.scope
+was already loaded or has a fragment file" (so did both tests here before the fix). Two ways
+to that state, each real: the runtime's state removed under a created container, and a runtime
+whose create outlives the timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quayd.isolation import runtime as runtime_module
+from quayd.isolation.container import Bundle, create, prepare, start, stop
+from quayd.isolation.leftovers import processes_in, scope_dirs
+from quayd.isolation.runtime import (
+    ExitWatcher,
+    OciRuntime,
+    RuntimeCommandError,
+    become_subreaper,
+)
+from tests.integration.test_container import (
+    ON_TERM_EXIT,
+    RUN_DIR,
+    Driver,
+    _config,
+    _runtime,
+    _scope,
+    assert_nothing_left,
+    removed,
+)
+from tests.support.pulled import pulled_busybox_layers
+from tests.support.systemd_host import CONTAINER_TEST_MARKS, RUNTIMES, SystemdHost, systemd_host
+
+pytestmark = CONTAINER_TEST_MARKS
+
+DRIVERS: list[Driver] = ["systemd", "cgroupfs"]
+
+
+# --- inside the host ------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _start_and_stop(bundle: Bundle, runtime: OciRuntime) -> dict[str, Any]:
+    """container.start (which must end what is left), look, stop."""
+    out = os.open(os.devnull, os.O_WRONLY)
+    try:
+        started = start(bundle, runtime, out)
+    finally:
+        os.close(out)
+    seen: dict[str, Any] = {"new_pid": started.pid, "scope": _scope(bundle.name)}
+    seen["in_cgroup"] = sorted(
+        {pid for directory in scope_dirs(bundle.name) for pid in processes_in(directory)}
+    )
+    with ExitWatcher() as watcher:
+        stop(
+            bundle.name,
+            signal_name="SIGKILL",
+            timeout=5,
+            runtime=runtime,
+            watcher=watcher,
+            pid=started.pid,
+            oom_events=started.oom_events,
+        )
+    if started.oom_events is not None:
+        started.oom_events.close()
+    return seen
+
+
+def inside_state_lost(*, runtime: str, driver: Driver, name: str, state_dir: str) -> dict[str, Any]:
+    """Create, then take the runtime's state away: the init is left in the cgroup, unknown.
+    Then container.start of the name (without quay's cleanup it fails, under the systemd
+    driver with the runtime's "Unit quay-NAME.scope was already loaded or has a fragment
+    file"; under cgroupfs the new container would share the cgroup with the old init)."""
+    become_subreaper()
+    base = Path(state_dir)
+    config = _config(base, name, driver, {"memory": "64M", "pids": 64}, ON_TERM_EXIT)
+    oci = _runtime(runtime, driver)
+    bundle = prepare(name, _layers(base), config, base / "containers" / name)
+    out = os.open(os.devnull, os.O_WRONLY)
+    try:
+        created = create(bundle, oci, out)
+    finally:
+        os.close(out)
+    if created.oom_events is not None:
+        created.oom_events.close()
+    shutil.rmtree(oci.root / name)
+    seen: dict[str, Any] = {"old_pid": created.pid, "runtime_ids": oci.list_ids()}
+    seen.update(_start_and_stop(bundle, oci))
+    seen["old_alive"] = _alive(created.pid)
+    return seen
+
+
+def inside_create_timeout(
+    *, runtime: str, driver: Driver, name: str, state_dir: str, wrapper: str
+) -> dict[str, Any]:
+    """A runtime whose create makes the container, forgets it, then hangs (``wrapper``): killed on
+    the create timeout; what is left, then the next start."""
+    become_subreaper()
+    base = Path(state_dir)
+    config = _config(base, name, driver, {"memory": "64M", "pids": 64}, ON_TERM_EXIT)
+    real = _runtime(runtime, driver)
+    hanging = OciRuntime(
+        runtime, binary=wrapper, run_dir=Path(RUN_DIR), systemd_cgroup=driver == "systemd"
+    )
+    bundle = prepare(name, _layers(base), config, base / "containers" / name)
+    runtime_module.CREATE_TIMEOUT = 3.0
+    out = os.open(os.devnull, os.O_WRONLY)
+    seen: dict[str, Any] = {}
+    try:
+        create(bundle, hanging, out)
+        seen["create"] = "returned"
+    except RuntimeCommandError as error:
+        seen["create"] = str(error)
+    finally:
+        os.close(out)
+    seen["left_after_failed_create"] = sorted(
+        {pid for directory in scope_dirs(name) for pid in processes_in(directory)}
+    )
+    seen.update(_start_and_stop(bundle, real))
+    return seen
+
+
+def _layers(base: Path) -> list[Path]:
+    return [Path(line) for line in (base / "layers.txt").read_text().splitlines()]
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdHost]:
+    with systemd_host() as booted:
+        layers = pulled_busybox_layers(booted.state_dir, tmp_path_factory.mktemp("registry"))
+        (booted.state_dir / "layers.txt").write_text("\n".join(layers))
+        yield booted
+
+
+def hanging_wrapper(host: SystemdHost, runtime: str) -> str:
+    """A script that runs the real runtime's create, removes the runtime's state of the new
+    container (as a create killed before writing it would), then hangs; other commands pass."""
+    path = host.state_dir / f"hanging-{runtime}"
+    real = shutil.which(runtime)
+    assert real is not None
+    path.write_text(
+        "#!/bin/sh\n"
+        f'{real} "$@" || exit\n'
+        'case " $* " in *" create "*) ;; *) exit 0 ;; esac\n'
+        'for last in "$@"; do :; done\n'
+        'root=$(echo " $* " | sed -E "s/.* --root ([^ ]+) .*/\\1/")\n'
+        'rm -rf "$root/$last"\n'
+        "exec sleep 600\n"
+    )
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_an_init_left_by_a_lost_create_is_ended_and_the_unit_starts(
+    host: SystemdHost, runtime: str, driver: Driver
+) -> None:
+    name = f"lost-{runtime}-{driver}"
+    seen = host.call(
+        inside_state_lost,
+        runtime=runtime,
+        driver=driver,
+        name=name,
+        state_dir=str(host.state_dir),
+        timeout=120,
+    )
+    assert seen["runtime_ids"] == []  # the runtime no longer knows it
+    assert seen["old_alive"] is False
+    assert seen["new_pid"] in seen["in_cgroup"], seen
+    assert seen["old_pid"] not in seen["in_cgroup"], seen
+    if driver == "systemd":
+        assert seen["scope"].get("ActiveState") == "active", seen["scope"]
+    assert_nothing_left(host, removed(host, runtime, driver, name), name)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_create_killed_on_its_timeout_leaves_no_process_behind(
+    host: SystemdHost, runtime: str, driver: Driver
+) -> None:
+    name = f"hung-{runtime}-{driver}"
+    seen = host.call(
+        inside_create_timeout,
+        runtime=runtime,
+        driver=driver,
+        name=name,
+        state_dir=str(host.state_dir),
+        wrapper=hanging_wrapper(host, runtime),
+        timeout=120,
+    )
+    assert "no answer in 3 s" in seen["create"], seen
+    assert seen["left_after_failed_create"] == [], seen
+    assert seen["new_pid"] in seen["in_cgroup"], seen
+    assert_nothing_left(host, removed(host, runtime, driver, name), name)
