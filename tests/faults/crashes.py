@@ -359,28 +359,12 @@ class Campaign:
         try:
             wait_until("every unit back", done, timeout=CONVERGE_TIMEOUT)
         except AssertionError:
-            tail = self.host.run(
-                ["journalctl", "-u", "quayd", "-n", "40", "--no-pager", "-o", "cat"], check=False
-            ).stdout
-            scopes = "\n".join(
-                self.scope_status(name)
-                for name in self.units
-                if any(line.startswith(f"{name}:") for line in missing)
-            )
+            names = [n for n in self.units if any(m.startswith(f"{n}:") for m in missing)]
             raise AssertionError(
-                f"not converged after {CONVERGE_TIMEOUT:.0f} s: {missing}\nquayd:\n{tail}\n"
-                f"their scopes:\n{scopes}"
+                f"not converged after {CONVERGE_TIMEOUT:.0f} s: {missing}\n"
+                + self.deployment.diagnosis(*names)
             ) from None
         return time.monotonic() - began
-
-    def scope_status(self, name: str) -> str:
-        """What systemd says of the unit's scope (for a failure's message)."""
-        scope = f"quay-{name}.scope"
-        shown = self.host.systemctl(
-            "show", scope, "-p", "LoadState,ActiveState,SubState,Result,ControlGroup", check=False
-        ).stdout
-        status = self.host.systemctl("status", "--no-pager", "-n", "5", scope, check=False).stdout
-        return f"--- {scope}\n{shown}{status}"
 
     def not_converged(self) -> list[str]:
         """What still differs from the files: empty once converged."""

@@ -352,6 +352,38 @@ class Deployment:
         self.host.run(["journalctl", "--sync"], check=False)
         return self.host.run(["journalctl", "-u", "quayd", "-o", "cat", "--no-pager"]).stdout
 
+    def diagnosis(self, *names: str) -> str:
+        """For a failure's message: the units' status entries, what systemd says of their
+        scopes, and the last lines of quayd's journal."""
+        units = self.units()
+        parts = [f"--- unit {name}: {units.get(name)}" for name in names]
+        for name in names:
+            scope = f"quay-{name}.scope"
+            properties = "LoadState,ActiveState,SubState,Result,ControlGroup"
+            shown = self.host.systemctl("show", scope, "-p", properties, check=False).stdout
+            status = self.host.systemctl("status", "--no-pager", "-n", "5", scope, check=False)
+            parts.append(f"--- {scope}\n{shown}{status.stdout}{self._processes_of(scope)}")
+        runtime = self.host.run(["crun", "--root", f"{RUN_DIR}/crun", "list"], check=False)
+        parts.append(f"--- crun list:\n{runtime.stdout}{runtime.stderr}")
+        journal = self.host.run(
+            ["journalctl", "-u", "quayd", "--no-pager", "-o", "cat"], check=False
+        )
+        lines = journal.stdout.splitlines()
+        for name in names:
+            theirs = [line for line in lines if f'"{name}"' in line or f" {name} " in line]
+            parts.append(f"--- quayd on {name}:\n" + "\n".join(theirs[-30:]))
+        return "\n".join([*parts, "--- quayd:", *lines[-40:]])
+
+    def _processes_of(self, scope: str) -> str:
+        """Each process left in the scope's cgroup: its state, wait channel and kernel stack."""
+        script = (
+            f"for f in $(find /sys/fs/cgroup -path '*/{scope}*' -name cgroup.procs); do"
+            " for p in $(cat $f); do echo \"pid $p in $f: $(tr '\\0' ' ' < /proc/$p/cmdline)\";"
+            " grep -E '^(State|PPid|SigBlk|SigIgn)' /proc/$p/status;"
+            ' echo "wchan $(cat /proc/$p/wchan)"; cat /proc/$p/stack; done; done'
+        )
+        return self.host.run(["sh", "-c", script], check=False).stdout
+
     def units(self) -> dict[str, dict[str, Any]]:
         return {unit["name"]: unit for unit in self.status().get("units", [])}
 
