@@ -130,21 +130,24 @@ class ConnectorHTTPConnection(http.client.HTTPConnection):
         super().__init__("quay", timeout=timeout)
         self.connector = connector
         self.session: Session | None = None
+        self.ended: Session | None = None
+        """The session that was closed (http.client closes it on errors): it says why."""
 
     def connect(self) -> None:
         self.session = self.connector.open(self.timeout)
         self.sock = self.session.socket
 
     def unreachable(self, error: BaseException) -> str:
-        if self.session is None:
+        session = self.session or self.ended
+        if session is None:
             return f"cannot talk to quayd at {self.connector.where}: {error!r}"
-        return self.session.unreachable(error, self.timeout)
+        return session.unreachable(error, self.timeout)
 
     def close(self) -> None:
         super().close()
         if self.session is not None:
-            session, self.session = self.session, None
-            session.close()
+            self.ended, self.session = self.session, None
+            self.ended.close()
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

@@ -303,9 +303,9 @@ def call(
 ) -> tuple[int, Any]:
     """(0, the result), or (the exit code, None) once the failure is printed."""
     from quayd.cli import client  # noqa: PLC0415
-    from quayd.cli.quayctl import EXIT_INVALID, agent_socket  # noqa: PLC0415
+    from quayd.cli.quayctl import EXIT_INVALID, agent_target  # noqa: PLC0415
 
-    socket_path = agent_socket(args)
+    socket_path = agent_target(args)
     if socket_path is None:
         return EXIT_INVALID, None
     try:
@@ -421,9 +421,9 @@ def cmd_events(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
     from quayd.cli import client, status  # noqa: PLC0415
-    from quayd.cli.quayctl import EXIT_INVALID, agent_socket  # noqa: PLC0415
+    from quayd.cli.quayctl import EXIT_INVALID, agent_target  # noqa: PLC0415
 
-    socket_path = agent_socket(args)
+    socket_path = agent_target(args)
     if socket_path is None:
         return EXIT_INVALID
     if args.since < 0:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
+    from quayd.cli.client import Connector
     from quayd.units.directory import ConfigSnapshot, LoadedUnit
     from quayd.units.findings import Finding
     from quayd.units.settings import Settings
@@ -50,6 +51,8 @@ AGENT_COMMANDS = (
     "rm",
     "reload",
     "update",
+    "connection",
+    "system",
 )
 
 # The lean twin of quayd.cli.common's global options (importing that module loads pydantic);
@@ -57,7 +60,7 @@ AGENT_COMMANDS = (
 DEFAULT_SETTINGS_FILE = Path("/etc/quay/quayd.toml")
 DEFAULT_RUN_DIR = Path("/run/quay")
 DEFAULT_STATE_DIR = Path("/var/lib/quay")
-_VALUE_OPTIONS = ("--config", "--config-dir", "--state-dir", "--run-dir")
+_VALUE_OPTIONS = ("--config", "--config-dir", "--state-dir", "--run-dir", "--host")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Inspect and steer quay, the declarative container host agent.",
     )
     add_global_options(parser)
+    add_host_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     validate = commands.add_parser(
@@ -113,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
+    if remote_wanted(arguments, os.environ):
+        from quayd.cli import targets  # noqa: PLC0415
+
+        routed = targets.route(arguments, os.environ)
+        if routed is not None:
+            return routed
     command = command_of(arguments)
     if command in AGENT_COMMANDS:
         return _run(build_agent_parser(), arguments)
@@ -154,7 +164,7 @@ def command_of(arguments: Sequence[str]) -> str | None:
             skip = False
         elif arg in _VALUE_OPTIONS:
             skip = True
-        elif arg.startswith(tuple(f"{o}=" for o in _VALUE_OPTIONS)):
+        elif arg.startswith(tuple(f"{o}=" for o in _VALUE_OPTIONS)) or arg == "--all-connections":
             continue
         elif arg.startswith("-"):
             return None
@@ -202,6 +212,38 @@ def _add_lean_global_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config-dir", type=Path, metavar="DIR")
     group.add_argument("--state-dir", type=Path, metavar="DIR")
     group.add_argument("--run-dir", type=Path, metavar="DIR")
+    add_host_options(parser)
+
+
+def add_host_options(parser: argparse.ArgumentParser) -> None:
+    """Which agent: another host's over ssh (docs/remote.md), quayctl's alone (not quayd's)."""
+    group = parser.add_argument_group("host options")
+    group.add_argument(
+        "--host",
+        action="append",
+        metavar="URL|NAME",
+        help="the agent of ssh://[USER@]HOST[:PORT][/SOCKET], or of a connection NAME "
+        "(quayctl connection); repeat for status of several (default: $QUAY_HOST, the default "
+        "connection, else this host's; 'local' is this host's); the global options above are "
+        "then the far host's",
+    )
+    group.add_argument(
+        "--all-connections", action="store_true", help="status of every connection's host"
+    )
+
+
+def remote_wanted(arguments: Sequence[str], environ: os._Environ[str] | dict[str, str]) -> bool:
+    """Whether another host's agent may be meant: ``--host``, ``--all-connections``,
+    ``QUAY_HOST`` or a connections file (``quayd.cli.connections.config_file``, found again
+    here so that the local path loads no more modules)."""
+    if environ.get("QUAY_HOST") or any(
+        a == "--all-connections" or a.partition("=")[0] == "--host" for a in arguments
+    ):
+        return True
+    base = environ.get("XDG_CONFIG_HOME") or ""
+    if not base.startswith("/"):
+        base = os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".config")
+    return os.path.isfile(os.path.join(base, "quay", "connections.toml"))
 
 
 def build_agent_parser() -> argparse.ArgumentParser:
@@ -266,6 +308,11 @@ def add_agent_commands(commands: Any) -> None:
     plan.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
     plan.set_defaults(handler=cmd_plan)
     add_control_commands(commands)
+    from quayd.cli.connections import add_connection_commands  # noqa: PLC0415
+    from quayd.cli.system_commands import add_system_commands  # noqa: PLC0415
+
+    add_connection_commands(commands)
+    add_system_commands(commands)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -274,7 +321,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from quayd.cli import client, status  # noqa: PLC0415
 
-    socket_path = agent_socket(args)
+    socket_path = agent_target(args)
     if socket_path is None:
         return EXIT_INVALID
     try:
@@ -325,7 +372,7 @@ def _is_status(payload: Any) -> bool:
 def cmd_ping(args: argparse.Namespace) -> int:
     from quayd.cli import client, status  # noqa: PLC0415
 
-    socket_path = agent_socket(args)
+    socket_path = agent_target(args)
     if socket_path is None:
         return EXIT_INVALID
     try:
@@ -343,7 +390,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     from quayd.cli import client, status  # noqa: PLC0415
 
-    socket_path = agent_socket(args)
+    socket_path = agent_target(args)
     if socket_path is None:
         return EXIT_INVALID
     try:
@@ -370,6 +417,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(status.format_finding(finding), file=sys.stderr)
         sys.stdout.write(status.format_plan(actions))
     return EXIT_OK
+
+
+def agent_target(args: argparse.Namespace) -> Path | Connector | None:
+    """Where the command's requests go: this host's socket (:func:`agent_socket`), or with
+    ``--host`` (``QUAY_HOST``, a default connection) another's; None once an error is shown."""
+    if not remote_wanted([], os.environ) and not getattr(args, "host", None):
+        return agent_socket(args)
+    from quayd.cli.targets import agent_target as chosen_target  # noqa: PLC0415
+
+    return chosen_target(args, lambda: agent_socket(args))
 
 
 def agent_socket(args: argparse.Namespace) -> Path | None:

@@ -100,7 +100,7 @@ def environment(specs: list[str], environ: Mapping[str, str]) -> dict[str, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from quayd.cli import client  # noqa: PLC0415
-    from quayd.cli.quayctl import agent_socket  # noqa: PLC0415
+    from quayd.cli.quayctl import agent_target  # noqa: PLC0415
 
     try:
         body = request_body(args, os.environ)
@@ -115,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             size = os.get_terminal_size(0)
             if size.lines > 0 and size.columns > 0:
                 body["console_size"] = [size.lines, size.columns]
-    socket_path = agent_socket(args)
+    socket_path = agent_target(args)
     if socket_path is None:
         return EXIT_FAILED
     try:
@@ -306,9 +306,9 @@ class Streams:
 def forward(args: argparse.Namespace, name: str, signal_name: str, command: str) -> None:
     """Send ``signal_name`` to the container of ``name`` (``POST /v1/units/NAME/kill``)."""
     from quayd.cli import client  # noqa: PLC0415
-    from quayd.cli.quayctl import agent_socket  # noqa: PLC0415
+    from quayd.cli.quayctl import agent_target  # noqa: PLC0415
 
-    socket_path = agent_socket(args)
+    socket_path = agent_target(args)
     if socket_path is None:
         return
     path = unit_path(name, "kill")
