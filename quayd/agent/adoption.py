@@ -29,7 +29,10 @@ GONE_POLL = 0.05
 
 
 async def adopt(executor: Executor, supervisor: Supervisor, work: Work) -> None:
-    """Each container found on the host: adopted, recorded as ended, or (ad-hoc) removed."""
+    """Each container found on the host: adopted, recorded as ended, or (ad-hoc) removed.
+    First, what creates killed with the previous agent left in cgroups is ended."""
+    for name in await asyncio.to_thread(executor.end_dead_creates):
+        log.warning("ended what a create killed with the last agent left", unit=name)
     for found in await asyncio.to_thread(executor.find_containers):
         record = found.record
         if record is not None and record.unit.container.labels.get(ADHOC_LABEL):

@@ -272,8 +272,7 @@ def create(
     yet. Work that must be done before it runs (its network) goes between this and
     :func:`start_created`; on failure there, :func:`abort` removes what was created."""
     stdio = logs if isinstance(logs, Stdio) else Stdio(stdout=logs, stderr=logs)
-    if runtime.state(bundle.name) is None:
-        end_leftovers(bundle.name, systemd_driver=runtime.systemd_cgroup)
+    _clear_dead_create(bundle.name, runtime)
     try:
         pid = runtime.create(
             bundle.name,
@@ -292,6 +291,19 @@ def create(
             runtime.delete(bundle.name, force=True)
         raise
     return Created(pid=pid, id=bundle.name, oom_events=events)
+
+
+def _clear_dead_create(container_id: str, runtime: Runtime) -> None:
+    """Before a create: what a create that died left of ``container_id`` is removed, a state
+    the runtime cannot read (killed mid-create) and processes it cannot name (:mod:`leftovers`).
+    A container the runtime knows is left alone: its create says it exists."""
+    try:
+        if runtime.state(container_id) is not None:
+            return
+    except RuntimeCommandError:  # a state directory without its status file
+        with contextlib.suppress(IsolationError):
+            runtime.delete(container_id, force=True)
+    end_leftovers(container_id, systemd_driver=runtime.systemd_cgroup)
 
 
 def _undo_create(container_id: str, runtime: Runtime) -> None:

@@ -8,7 +8,8 @@ cannot name it. systemd keeps a scope as long as it has a process, and every lat
 that name then fails ("Unit quay-NAME.scope was already loaded or has a fragment file") for
 good. A power-cut campaign in the cgroup v2 guest found exactly that (issue 19).
 
-So before a create, and after one that failed, :func:`end_leftovers` looks at the name's cgroup
+So before a create, after one that failed, and for every name at the agent's start
+(:func:`end_dead_creates`), :func:`end_leftovers` looks at the name's cgroup
 in every hierarchy: processes there, when the runtime knows no container of that name, are a
 dead create's; they are SIGKILLed (through a pidfd, after checking the pid is still in that
 cgroup, so a reused pid is never hit) and the cgroup is waited for until it is gone: systemd
@@ -29,6 +30,7 @@ import structlog
 
 from quayd.isolation.cgroups import CGROUP_ROOT, cgroup_version, scope_path
 from quayd.isolation.errors import IsolationError
+from quayd.isolation.runtime import Runtime
 
 LEFTOVER_TIMEOUT = 10.0
 """How long a dead create's processes and cgroup may take to go (SIGKILL, then systemd's prune)."""
@@ -53,6 +55,50 @@ def scope_dirs(name: str, cgroup_root: Path = CGROUP_ROOT) -> list[Path]:
             hierarchies = [entry for entry in cgroup_root.iterdir() if entry.is_dir()]
         candidates = [hierarchy / relative for hierarchy in hierarchies]
     return [path for path in candidates if path.is_dir()]
+
+
+def scope_names(cgroup_root: Path = CGROUP_ROOT) -> list[str]:
+    """The names of the containers with a cgroup in ``quay.slice`` (in systemd's hierarchy, or
+    v2's only one): ``quay-NAME.scope`` gives NAME."""
+    parent = Path(scope_path("x")).parent
+    roots = [cgroup_root] if cgroup_version(cgroup_root) == 2 else [
+        cgroup_root / "unified", cgroup_root / "systemd", cgroup_root / "pids"
+    ]  # fmt: skip
+    names: set[str] = set()
+    for root in roots:
+        with contextlib.suppress(OSError):
+            for entry in (root / parent).iterdir():
+                if (
+                    entry.is_dir()
+                    and entry.name.startswith("quay-")
+                    and entry.name.endswith(".scope")
+                ):
+                    names.add(entry.name.removeprefix("quay-").removesuffix(".scope"))
+    return sorted(names)
+
+
+def end_dead_creates(runtime: Runtime, cgroup_root: Path = CGROUP_ROOT) -> list[str]:
+    """The containers' cgroups the runtime knows nothing of, their processes ended and the
+    cgroups gone (for an agent's start: no create runs then); their names.
+
+    Under systemd only: there the scopes' names are the host's own, one agent's. Without it
+    another agent (its own run directory) may share the cgroup tree, and only a create of the
+    same name clears what it finds.
+    """
+    if not runtime.systemd_cgroup:
+        return []
+    known = set(runtime.list_ids())
+    ended: list[str] = []
+    for name in scope_names(cgroup_root):
+        if name in known:
+            continue
+        try:
+            end_leftovers(name, systemd_driver=True, cgroup_root=cgroup_root)
+        except LeftoverScopeError as error:  # the unit's next create says it again
+            log.error("cannot end what a dead create left", unit=name, error=str(error))
+            continue
+        ended.append(name)
+    return ended
 
 
 def processes_in(directory: Path) -> list[int]:

@@ -52,6 +52,7 @@ from quayd.isolation.environment import read_env_files
 from quayd.isolation.init import CANDIDATES as INIT_CANDIDATES
 from quayd.isolation.init import PACKAGE as INIT_PACKAGE
 from quayd.isolation.init import find_init
+from quayd.isolation.leftovers import end_dead_creates
 from quayd.isolation.runtime import (
     ConsoleSocket,
     OciRuntime,
@@ -536,6 +537,11 @@ class Executor:
             write_record(directory, replace(record, ready_at=at))
 
     # --- adoption -------------------------------------------------------------------------------
+
+    def end_dead_creates(self) -> list[str]:
+        """At the start (no create runs then): what creates killed with the last agent left
+        in cgroups, ended (:func:`leftovers.end_dead_creates`); their names."""
+        return end_dead_creates(self.runtime)
 
     def find_containers(self) -> list[Found]:
         """Every container the runtime knows under quay's root, with its record."""

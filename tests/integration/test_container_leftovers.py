@@ -22,7 +22,7 @@ import pytest
 
 from quayd.isolation import runtime as runtime_module
 from quayd.isolation.container import Bundle, create, prepare, start, stop
-from quayd.isolation.leftovers import processes_in, scope_dirs
+from quayd.isolation.leftovers import end_dead_creates, processes_in, scope_dirs, scope_names
 from quayd.isolation.runtime import (
     ExitWatcher,
     OciRuntime,
@@ -216,3 +216,50 @@ def test_a_create_killed_on_its_timeout_leaves_no_process_behind(
     assert seen["left_after_failed_create"] == [], seen
     assert seen["new_pid"] in seen["in_cgroup"], seen
     assert_nothing_left(host, removed(host, runtime, driver, name), name)
+
+
+def inside_sweep(*, runtime: str, names: list[str], state_dir: str) -> dict[str, Any]:
+    """Two lost creates and one live container; the agent's start sweep."""
+    become_subreaper()
+    base = Path(state_dir)
+    oci = _runtime(runtime, "systemd")
+    pids: dict[str, int] = {}
+    for name in names:
+        config = _config(base, name, "systemd", {"pids": 64}, ON_TERM_EXIT)
+        bundle = prepare(name, _layers(base), config, base / "containers" / name)
+        out = os.open(os.devnull, os.O_WRONLY)
+        try:
+            created = create(bundle, oci, out)
+        finally:
+            os.close(out)
+        if created.oom_events is not None:
+            created.oom_events.close()
+        pids[name] = created.pid
+    lost, kept = names[:-1], names[-1]
+    for name in lost:
+        shutil.rmtree(oci.root / name)
+    ended = end_dead_creates(oci)
+    seen = {
+        "ended": ended,
+        "alive": {name: _alive(pid) for name, pid in pids.items()},
+        "scopes": scope_names(),
+    }
+    oci.delete(kept, force=True)
+    return seen
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_the_agent_start_ends_every_lost_create_and_keeps_what_the_runtime_knows(
+    host: SystemdHost, runtime: str
+) -> None:
+    names = [f"sweep{n}-{runtime}" for n in range(3)]
+    seen = host.call(
+        inside_sweep, runtime=runtime, names=names, state_dir=str(host.state_dir), timeout=120
+    )
+    assert seen["ended"] == names[:2], seen
+    assert seen["alive"] == {names[0]: False, names[1]: False, names[2]: True}, seen
+    assert names[2] in seen["scopes"], seen
+    assert not set(names[:2]) & set(seen["scopes"]), seen
+    left = [removed(host, runtime, "systemd", name) for name in names]
+    for name, what in zip(names, left, strict=True):
+        assert_nothing_left(host, {**what, "mounts": left[-1]["mounts"]}, name)
