@@ -87,6 +87,9 @@ def run_forwarded(
 
 
 def run_ssh(name: str, argv: list[str], command: str, *, stdin: bytes | None = None) -> int:
+    """Run ssh attached to this process's stdio (``stdin``'s bytes instead, when given); its
+    status. A signal this process gets ends ssh (it exits 255 for it): the status is then the
+    signal's, 128+N, as a shell gives it."""
     import subprocess  # noqa: PLC0415
 
     try:
@@ -94,7 +97,8 @@ def run_ssh(name: str, argv: list[str], command: str, *, stdin: bytes | None = N
     except OSError as error:
         print(f"quayctl {command}: cannot run {argv[0]}: {error.strerror}", file=sys.stderr)
         return EXIT_FAILED
-    previous = {sig: signal.signal(sig, _to(process)) for sig in FORWARDED_SIGNALS}
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, _to(process, received)) for sig in FORWARDED_SIGNALS}
     try:
         if stdin is not None and process.stdin is not None:
             with contextlib.suppress(BrokenPipeError):
@@ -105,6 +109,8 @@ def run_ssh(name: str, argv: list[str], command: str, *, stdin: bytes | None = N
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if received and status in (SSH_FAILED, -received[0]):
+        return 128 + received[0]
     if status == SSH_FAILED:
         print(
             f"quayctl {command}: ssh to {name} failed (exit {SSH_FAILED}; its message is above): "
@@ -114,9 +120,10 @@ def run_ssh(name: str, argv: list[str], command: str, *, stdin: bytes | None = N
     return status if status >= 0 else 128 - status
 
 
-def _to(process: Any) -> Any:
+def _to(process: Any, received: list[int]) -> Any:
     def send(number: int, frame: object) -> None:
         del frame
+        received.append(number)
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(number)
 
@@ -260,13 +267,27 @@ def cmd_plan_archive(args: argparse.Namespace) -> int:
 
 
 def unpack(data: bytes, into: Path) -> None:
-    """Regular files and directories only, inside ``into`` (tarfile's ``data`` filter)."""
+    """Regular files and directories only, each inside ``into`` (a name that is absolute or
+    climbs out with ``..`` is refused); links, devices and the rest are left out. Made here
+    one by one (this Python's tarfile may lack extraction filters)."""
     import io  # noqa: PLC0415
     import tarfile  # noqa: PLC0415
+    from pathlib import PurePosixPath  # noqa: PLC0415
 
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
-        members = [m for m in archive.getmembers() if m.isfile() or m.isdir()]
-        archive.extractall(into, members=members, filter="data")
+        for member in archive.getmembers():
+            name = PurePosixPath(member.name)
+            if name.is_absolute() or ".." in name.parts:
+                raise ValueError(f"{member.name!r} is not inside the directory")
+            path = into.joinpath(*name.parts)
+            if member.isdir():
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            elif member.isfile():
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                source = archive.extractfile(member)
+                assert source is not None  # a regular file's member has its content
+                with source, path.open("xb") as target:
+                    target.write(source.read())
 
 
 def plan_shown_as(args: argparse.Namespace, staging: Path, shown_as: str) -> int:
