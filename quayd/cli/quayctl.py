@@ -54,6 +54,9 @@ AGENT_COMMANDS = (
     "connection",
     "system",
 )
+REMOTE_COMMANDS = ("connection", "system")
+"""quayctl --host's own commands: registered on the lean parser only when one of them runs
+(their modules are not loaded for ``status``)."""
 
 # The lean twin of quayd.cli.common's global options (importing that module loads pydantic);
 # tests/unit/test_status_format.py holds the two to the same options and defaults.
@@ -125,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return routed
     command = command_of(arguments)
     if command in AGENT_COMMANDS:
-        return _run(build_agent_parser(), arguments)
+        return _run(build_agent_parser(remote=command in REMOTE_COMMANDS), arguments)
     if command == "image":
         through_agent = _pull_through_agent(arguments)
         if through_agent is not None:
@@ -246,20 +249,22 @@ def remote_wanted(arguments: Sequence[str], environ: os._Environ[str] | dict[str
     return os.path.isfile(os.path.join(base, "quay", "connections.toml"))
 
 
-def build_agent_parser() -> argparse.ArgumentParser:
-    """quayctl's parser with only the commands that talk to the agent, built from stdlib alone."""
+def build_agent_parser(*, remote: bool = False) -> argparse.ArgumentParser:
+    """quayctl's parser with only the commands that talk to the agent, built from stdlib alone
+    (with ``remote``, ``connection`` and ``system`` too)."""
     parser = argparse.ArgumentParser(
         prog="quayctl",
         description="Inspect and steer quay, the declarative container host agent.",
     )
     _add_lean_global_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_agent_commands(commands)
+    add_agent_commands(commands, remote=remote)
     return parser
 
 
-def add_agent_commands(commands: Any) -> None:
-    """Register the agent's commands (on the full parser and the lean one alike)."""
+def add_agent_commands(commands: Any, *, remote: bool = True) -> None:
+    """Register the agent's commands (on the full parser and the lean one alike), with
+    ``remote`` the commands of quayctl --host (docs/remote.md)."""
     from quayd.cli.control import add_control_commands, add_parser  # noqa: PLC0415
 
     status = add_parser(
@@ -308,6 +313,8 @@ def add_agent_commands(commands: Any) -> None:
     plan.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
     plan.set_defaults(handler=cmd_plan)
     add_control_commands(commands)
+    if not remote:
+        return
     from quayd.cli.connections import add_connection_commands  # noqa: PLC0415
     from quayd.cli.system_commands import add_system_commands  # noqa: PLC0415
 
