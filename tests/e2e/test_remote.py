@@ -55,6 +55,14 @@ image = "{IMAGE}"
 command = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done"]
 stop_timeout = "1s"
 """
+QUIET = f"""
+[container]
+image = "{IMAGE}"
+command = ["sh", "-c", "echo quiet-once; exec sleep 100000"]
+stop_timeout = "1s"
+"""
+"""Writes one line, then nothing: a ``journalctl -f`` following it is never told by a failed
+write that its reader went away (the guard's case)."""
 SSHD_CONFIG = """\
 Port {port}
 ListenAddress {address}
@@ -188,12 +196,12 @@ def _keys(directory: Path) -> None:
 def pair(sd_notify: Path) -> Iterator[Pair]:
     with (
         deployed(sd_notify, {"web": WEB_BASE}) as near,
-        deployed(sd_notify, {"web": WEB_BASE, "ticker": TICKER}) as far,
+        deployed(sd_notify, {"web": WEB_BASE, "ticker": TICKER, "quiet": QUIET}) as far,
     ):
         keys = Path(far.host.staging) / "ssh"
         keys.mkdir(mode=0o700)
         _keys(keys)
-        for deployment, names in ((near, ["web"]), (far, ["web", "ticker"])):
+        for deployment, names in ((near, ["web"]), (far, ["web", "ticker", "quiet"])):
             for name in names:
                 running(deployment, name)
         with linked(near, far), sshd(far, keys):
@@ -207,7 +215,7 @@ def pair(sd_notify: Path) -> Iterator[Pair]:
 def test_status_is_the_far_agents(pair: Pair) -> None:
     done = pair.run("status")
     assert done.returncode == 0, done.stderr
-    assert f"{pair.far.config_dir}: 2 units" in done.stdout
+    assert f"{pair.far.config_dir}: 3 units" in done.stdout
     assert "ticker" in done.stdout
     listed = pair.run("status", "--json")
     assert json.loads(listed.stdout)["agent"]["pid"] == pair.far.main_pid()
@@ -231,6 +239,23 @@ def test_events_are_the_far_agents(pair: Pair) -> None:
     assert "ticker" in units
 
 
+def test_events_follow_through_the_relay_and_end_when_interrupted(pair: Pair) -> None:
+    # events -f runs here, its stream through the far dial-stdio; Ctrl-C ends it (status 0,
+    # as locally) and the relay ends by itself: the agent saw the client hang up.
+    result = pair.near.host.call(
+        interrupt, argv=pair.ctl("events", "-f"), expect="ticker", timeout=30
+    )
+    assert result["signalled"], result
+    assert result["status"] == 0, result
+    assert "ticker" in result["stdout"]
+    wait_until(
+        "the far dial-stdio gone",
+        lambda: not _lingering(pair.far, "dial-stdio") or None,
+        timeout=10,
+    )
+    assert not _lingering(pair.near, "ssh -F")
+
+
 def _lingering(deployment: Deployment, needle: str) -> list[str]:
     listed = deployment.host.run(["ps", "-eo", "pid,args"]).stdout.splitlines()
     return [line for line in listed if needle in line and "ps -eo" not in line]
@@ -238,18 +263,38 @@ def _lingering(deployment: Deployment, needle: str) -> list[str]:
 
 def test_logs_follow_interrupted_leaves_nothing_on_the_far_host(pair: Pair) -> None:
     result = pair.near.host.call(
-        interrupt, argv=pair.ctl("logs", "-f", "ticker"), expect="tick-", timeout=30
+        interrupt, argv=pair.ctl("logs", "-f", "quiet"), expect="quiet-once", timeout=30
     )
     assert result["signalled"], result
-    assert result["status"] == 130, result
-    assert "tick-" in result["stdout"]
+    assert result["status"] == 130, result  # SIGINT's, as a shell says
+    assert result["stdout"] == "quiet-once\n"
     wait_until(
         "the far journalctl gone",
-        lambda: not _lingering(pair.far, "quay-ticker") or None,
+        lambda: not _lingering(pair.far, "quay-quiet") or None,
         timeout=10,
     )
     assert not _lingering(pair.far, "dial-stdio")
     assert not _lingering(pair.near, "ssh -F")
+
+
+def test_run_interrupted_without_a_terminal_ends_over_there(pair: Pair) -> None:
+    # No terminal: ssh dies of the Ctrl-C, and nothing would tell the far quayctl run, which
+    # waits on its container; the far guard sees its stdout lose its reader and stops it,
+    # which stops the container (its SIGTERM forwarded), which --rm then removes.
+    argv = pair.ctl(
+        "run", "--rm", "--name", "interrupted", IMAGE, "sh", "-c", "echo up; sleep 100000"
+    )
+    result = pair.near.host.call(interrupt, argv=argv, expect="up", timeout=30)
+    assert result["signalled"], result
+    assert result["status"] == 130, result
+    wait_until(
+        "the far quayctl run gone",
+        lambda: not _lingering(pair.far, "--name interrupted") or None,
+        timeout=20,
+    )
+    wait_until(
+        "the unit removed", lambda: "interrupted" not in pair.far.units() or None, timeout=30
+    )
 
 
 def test_run_it_through_ssh_gets_the_terminal_and_its_size(pair: Pair) -> None:
@@ -343,6 +388,7 @@ def test_fleet_status_with_one_host_down(pair: Pair) -> None:
     assert lines[0].split()[:3] == ["HOST", "NAME", "STATE"]
     rows = [line.split()[:3] for line in lines[1:] if not line.startswith(" ")]
     assert rows == [
+        [FAR, "quiet", "running"],
         [FAR, "ticker", "running"],
         [FAR, "web", "running"],
         ["local", "web", "running"],
