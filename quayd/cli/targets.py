@@ -268,11 +268,3 @@ def agent_target(
     if isinstance(target, UnixTarget):
         return Path(target.socket) if target.socket else local()
     return SshConnector(name, target, passed_on(args))
-
-
-def attach_connector(args: argparse.Namespace) -> SshConnector | None:
-    """For ``run`` without a terminal through the API: the far attach socket, or None here."""
-    chosen = destinations(args.host or [], args.all_connections, os.environ)
-    if len(chosen) == 1 and isinstance(chosen[0].target, SshTarget):
-        return SshConnector(chosen[0].name, chosen[0].target, passed_on(args), attach=True)
-    return None
