@@ -19,7 +19,7 @@ def add_system_commands(commands: Any) -> None:
         "socket here (as docker system dial-stdio); forwarded runs a quayctl command line and "
         "stops it when the session's stdout loses its reader; plan-archive plans a config "
         "directory sent as a tar on stdin. See docs/remote.md.",
-        "ssh prod1 quayctl system dial-stdio",
+        "quayctl system dial-stdio  # what quayctl --host ssh://prod1 runs there, through ssh",
     )
     verbs = system.add_subparsers(dest="verb", metavar="VERB", required=True)
     dial = verbs.add_parser("dial-stdio", help="bridge stdin and stdout to the agent's socket")

@@ -370,7 +370,7 @@ def test_exec_exit_status(code: Any, status: int) -> None:
 
 
 def test_every_agent_command_takes_the_lean_path() -> None:
-    lean = quayctl.build_agent_parser()
+    lean = quayctl.build_agent_parser(remote=True)
     commands = next(a for a in lean._actions if isinstance(a, argparse._SubParsersAction))
     assert set(commands.choices) == set(quayctl.AGENT_COMMANDS)
     assert set(control.CONTROL_COMMANDS) <= set(quayctl.AGENT_COMMANDS)
