@@ -19,6 +19,8 @@ from quayd.reconcile.executor import Executor
 
 
 class FakeRuntime:
+    systemd_cgroup = False
+
     def __init__(self, *, fail_create: bool = False) -> None:
         self.calls: list[str] = []
         self.fail_create = fail_create
@@ -39,6 +41,9 @@ class FakeRuntime:
 
     def start(self, container_id: str) -> None:
         self.note(f"started {container_id}")
+
+    def state(self, container_id: str) -> None:
+        del container_id  # no container before its create, none after a failed one
 
     def delete(self, container_id: str, *, force: bool = False) -> None:
         self.note(f"deleted {container_id}" + (" (forced)" if force else ""))
