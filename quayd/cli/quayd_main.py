@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -75,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_agent(settings: Settings) -> int:
     _without_rich()
+    # systemd's watchdog ends a hung agent with SIGABRT: every thread's stack goes to stderr
+    # (the journal) first, so the hang can be found (sd_watchdog_enabled(3) advises as much).
+    faulthandler.enable(all_threads=True)
     # Imported here: `quayd --check` needs none of the agent's machinery.
     from quayd.agent.agent import Agent, AgentError  # noqa: PLC0415
     from quayd.agent.logs import configure  # noqa: PLC0415

@@ -372,6 +372,9 @@ class Deployment:
         for name in names:
             theirs = [line for line in lines if f'"{name}"' in line or f" {name} " in line]
             parts.append(f"--- quayd on {name}:\n" + "\n".join(theirs[-30:]))
+        dumps = [n for n, line in enumerate(lines) if "Fatal Python error" in line]
+        if dumps:  # the last watchdog kill's stacks (faulthandler)
+            parts += ["--- quayd's stacks when it was last aborted:", *lines[dumps[-1] :][:80]]
         return "\n".join([*parts, "--- quayd:", *lines[-40:]])
 
     def _processes_of(self, scope: str) -> str:
