@@ -349,10 +349,8 @@ def slow_to_be_ready(text: str, strategy: str) -> str:
 @pytest.mark.parametrize(
     ("strategy", "delay"),
     [("download-then-replace", 0.0), ("download-then-replace", 1.2),
-     ("stop-then-download", 0.6)],
+     ("stop-then-download", 0.6), ("replace-then-download", 0.6)],
 )  # fmt: skip
-# replace-then-download is left out: a fresh-machine run found it not converging within 120 s
-# after the boot (once; it passed here twice); issue 17's note says so, to be found and fixed.
 def test_a_power_cut_during_the_replace_leaves_the_old_or_the_new_version(
     deployment: Deployment, registry: Registry, strategy: str, delay: float
 ) -> None:
@@ -388,7 +386,10 @@ def test_a_power_cut_during_the_replace_leaves_the_old_or_the_new_version(
                 return version
         return None
 
-    version = wait_until("v1 or v2 ready after the boot", one_version, timeout=120)
+    try:
+        version = wait_until("v1 or v2 ready after the boot", one_version, timeout=120)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{deployment.diagnosis(name)}") from None
     assert max(counts) <= 1, counts  # never two containers
     assert containers_of(deployment, name) == 1
     verify = [deployment.quayctl, "--state-dir", str(deployment.state_dir), "image", "verify"]
