@@ -41,6 +41,9 @@ class PowerCuts(Campaign):
         found = super().round(rng)
         found.notes += self.notes
         found.unverified += self.unverified
+        aborted = self.watchdog_aborts()
+        if aborted:
+            found.notes.append(f"quayd was aborted by its watchdog {aborted} times in that boot")
         self.running_version = self.puller_version() or 0
         return found
 
@@ -58,6 +61,11 @@ class PowerCuts(Campaign):
         self.verify()
         self.accepted = {self.running_version, self.version}
         return time.monotonic() - cut
+
+    def watchdog_aborts(self) -> int:
+        """How often systemd's watchdog aborted quayd since the boot (the tests' is 3 s)."""
+        journal = self.host.run(["journalctl", "-b", "-u", "quayd", "-o", "cat"], check=False)
+        return journal.stdout.count("Watchdog timeout")
 
     def rewrite_lost_writes(self) -> None:
         on_disk = self.deployment.config_files()

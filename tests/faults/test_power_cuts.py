@@ -1,12 +1,13 @@
 """The power-cut campaign (tests/faults/power.py) as a test: cuts of the booted cgroup v2 guest
 at seeded moments with the crash campaign's 20 units; after each boot the store verifies and
-every unit runs, nothing duplicated or leaked. ``QUAY_FAULT_CUTS`` sets the count.
+every unit runs, nothing duplicated or leaked. ``QUAY_FAULT_CUTS`` sets the count (3 in
+``./dev test``; ``python -m tests.faults power`` runs the report's 20).
 
-Not yet part of ``./dev test`` (its name does not start with test_): it finds a defect not fixed
-yet. After a cut and the boot, a unit stopped as not ready in time cannot start again, its old
-scope still loaded ("Unit quay-NAME.scope was already loaded or has a fragment file"). Run it
-by its path (``./dev test tests/faults/power_campaign.py``) or ``python -m tests.faults power``.
-"""
+It found that a unit could not start again after a boot: the agent, aborted by its watchdog
+in the burst of starts after the boot, took the runtime's creates in flight with it (systemd
+kills the service's whole cgroup), and each left its init in the unit's scope, unknown to the
+runtime ("Unit quay-NAME.scope was already loaded or has a fragment file" for good). Fixed in
+quayd/isolation/leftovers.py; regression tests: tests/integration/test_container_leftovers.py."""
 
 from __future__ import annotations
 
