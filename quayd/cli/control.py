@@ -151,7 +151,7 @@ def add_control_commands(commands: Any) -> None:
         "exited successfully (a one-shot job). Exit status: 0 all ready; 1 as soon as one "
         "failed (backoff, invalid, stopped, or exited with a failure); 2 timed out (the "
         "message says which units are not ready, and why); 4 the agent cannot be reached, or "
-        "a NAME is not one of its units.",
+        "a NAME is not one of its units within 10 s (a file just written is waited for).",
         "quayctl wait web",
         "quayctl restart web && quayctl wait --timeout 30 web worker",
     )
@@ -455,13 +455,18 @@ def cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+UNKNOWN_GRACE_SECONDS = 10.0
+"""How long ``wait`` lets a name the agent does not know yet appear (its file just written)."""
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     """Polls the status every 0.2 s: simple, and cheap for the agent (status is a dict copy)."""
     import time  # noqa: PLC0415
 
     from quayd.cli import status  # noqa: PLC0415
 
-    deadline = time.monotonic() + args.timeout
+    began = time.monotonic()
+    deadline = began + args.timeout
     while True:
         code, payload = call(args, "GET", "/v1/status", timeout=5.0)
         if code:
@@ -470,11 +475,20 @@ def cmd_wait(args: argparse.Namespace) -> int:
             print("quayctl wait: the agent's answer is not a status", file=sys.stderr)
             return EXIT_UNREACHABLE
         selected, unknown = status.select(payload, args.names)
-        if unknown:
+        # A file written just before (Ansible's template, then wait) reaches the agent with its
+        # next pass: an unknown name is given a while to appear before it is an error.
+        grace = min(UNKNOWN_GRACE_SECONDS, args.timeout)
+        if unknown and time.monotonic() - began >= grace:
             for name in unknown:
-                print(f"quayctl wait: the agent has no unit {name!r}", file=sys.stderr)
+                print(
+                    f"quayctl wait: the agent has no unit {name!r} (none came within {grace:g}s; "
+                    f"is {name}.toml in its config directory?)",
+                    file=sys.stderr,
+                )
             return EXIT_UNREACHABLE
-        outcome, text = status.wait_outcome(selected["units"], time.time())
+        outcome, text = (
+            (None, "") if unknown else status.wait_outcome(selected["units"], time.time())
+        )
         if outcome is not None:
             if text:
                 print(f"quayctl wait: {text}", file=sys.stderr)

@@ -348,8 +348,26 @@ def test_wait_times_out(agent: ControlAgent, run_dir: Path) -> None:
 
 @pytest.mark.usefixtures("server")
 def test_wait_for_an_unknown_unit_exits_4(run_dir: Path) -> None:
-    done = quayctl(run_dir, "wait", "web", "nope")
-    assert (done.returncode, done.stderr) == (4, "quayctl wait: the agent has no unit 'nope'\n")
+    done = quayctl(run_dir, "wait", "--timeout", "0.5", "web", "nope")
+    assert (done.returncode, done.stderr) == (
+        4,
+        "quayctl wait: the agent has no unit 'nope' (none came within 0.5s; is nope.toml in "
+        "its config directory?)\n",
+    )
+
+
+@pytest.mark.usefixtures("server")
+def test_wait_waits_for_a_unit_whose_file_the_agent_has_not_read_yet(
+    agent: ControlAgent, run_dir: Path
+) -> None:
+    """Ansible writes the file, then waits: the agent's pass may not have come yet."""
+    later = threading.Timer(1.0, lambda: agent.units.append(unit("new", "running")))
+    later.start()
+    try:
+        done = quayctl(run_dir, "wait", "--timeout", "20", "new")
+    finally:
+        later.cancel()
+    assert (done.returncode, done.stderr) == (0, "")
 
 
 # --- status --------------------------------------------------------------------------------------
