@@ -307,13 +307,15 @@ def _clear_dead_create(container_id: str, runtime: Runtime) -> None:
 
 
 def _undo_create(container_id: str, runtime: Runtime) -> None:
-    """After a create that failed: what the runtime still knows is deleted; what it cannot know
-    (the init of a create killed on its timeout) is ended by its cgroup (:mod:`leftovers`)."""
+    """After a create that failed: a container the runtime knows is deleted; otherwise what
+    the create left is cleared as before a create (an unreadable state, processes the runtime
+    cannot name: the init of a create killed on its timeout)."""
     with contextlib.suppress(IsolationError):
         if runtime.state(container_id) is not None:
             runtime.delete(container_id, force=True)
-        else:
-            end_leftovers(container_id, systemd_driver=runtime.systemd_cgroup)
+            return
+    with contextlib.suppress(IsolationError):
+        _clear_dead_create(container_id, runtime)
 
 
 def start_created(created: Created, runtime: Runtime) -> Started:

@@ -36,6 +36,8 @@ LEFTOVER_TIMEOUT = 10.0
 """How long a dead create's processes and cgroup may take to go (SIGKILL, then systemd's prune)."""
 
 _POLL = 0.05
+_SLICE = Path(scope_path("x")).parent
+"""``quay.slice``: every container's cgroup is ``_SLICE/quay-NAME.scope`` in a hierarchy."""
 
 log = structlog.get_logger("quayd.isolation")
 
@@ -47,27 +49,26 @@ class LeftoverScopeError(IsolationError):
 def scope_dirs(name: str, cgroup_root: Path = CGROUP_ROOT) -> list[Path]:
     """The container's cgroup directory in each hierarchy where it exists (v2: one; v1: one per
     controller and systemd's own)."""
-    relative = scope_path(name)
-    if cgroup_version(cgroup_root) == 2:
-        candidates = [cgroup_root / relative]
-    else:
-        with contextlib.suppress(OSError):
+    hierarchies = [cgroup_root]
+    if cgroup_version(cgroup_root) == 1:
+        try:
             hierarchies = [entry for entry in cgroup_root.iterdir() if entry.is_dir()]
-        candidates = [hierarchy / relative for hierarchy in hierarchies]
+        except OSError:
+            hierarchies = []
+    candidates = [hierarchy / scope_path(name) for hierarchy in hierarchies]
     return [path for path in candidates if path.is_dir()]
 
 
 def scope_names(cgroup_root: Path = CGROUP_ROOT) -> list[str]:
     """The names of the containers with a cgroup in ``quay.slice`` (in systemd's hierarchy, or
     v2's only one): ``quay-NAME.scope`` gives NAME."""
-    parent = Path(scope_path("x")).parent
     roots = [cgroup_root] if cgroup_version(cgroup_root) == 2 else [
         cgroup_root / "unified", cgroup_root / "systemd", cgroup_root / "pids"
     ]  # fmt: skip
     names: set[str] = set()
     for root in roots:
         with contextlib.suppress(OSError):
-            for entry in (root / parent).iterdir():
+            for entry in (root / _SLICE).iterdir():
                 if (
                     entry.is_dir()
                     and entry.name.startswith("quay-")
@@ -144,12 +145,13 @@ def end_leftovers(
     ``timeout`` s.
     """
     killed: dict[int, int] = {}  # pid: its pidfd, kept to reap it
+    relative = scope_path(name)
     deadline = time.monotonic() + timeout
     try:
         while directories := scope_dirs(name, cgroup_root):
             pids = [pid for directory in directories for pid in processes_in(directory)]
             for pid in sorted(set(pids) - set(killed)):
-                pidfd = _kill_if_in(pid, scope_path(name))
+                pidfd = _kill_if_in(pid, relative)
                 if pidfd is not None:
                     killed[pid] = pidfd
             if not pids and not (systemd_driver and _systemds(directories, cgroup_root)):
@@ -195,8 +197,7 @@ def _systemds(directories: list[Path], cgroup_root: Path) -> list[Path]:
     hierarchy (v2's only one; v1's ``unified`` or ``systemd``). Removing them first could keep
     systemd from seeing the scope empty, and the scope would stay loaded."""
     own = {cgroup_root, cgroup_root / "unified", cgroup_root / "systemd"}
-    relative = len(Path(scope_path("x")).parts)
-    return [path for path in directories if path.parents[relative - 1] in own]
+    return [path for path in directories if path.parents[len(_SLICE.parts)] in own]
 
 
 def _remove_empty(directories: list[Path]) -> None:
