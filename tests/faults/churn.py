@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.faults.crashes import KINDS, Campaign, check, kind_of
+from tests.faults.crashes import FINDINGS, KINDS, Round, check, kind_of, observe
 from tests.support.agent import Deployment, wait_until
 
 CONVERGE_TIMEOUT = float(os.environ.get("QUAY_CHURN_CONVERGE_TIMEOUT", "300"))
@@ -44,20 +44,18 @@ class ChurnReport:
     """Seconds from the last change to exact convergence."""
     rss_kib: tuple[int, int] = (0, 0)
     fds: tuple[int, int] = (0, 0)
-    findings: list[str] = field(default_factory=list)
+    found: Round = field(default_factory=lambda: Round(action="churn"))
+    """What :func:`crashes.check` found once converged (lost, duplicated, leaked)."""
+
+    @property
+    def findings(self) -> list[str]:
+        return [f"{what} {item}" for what in FINDINGS for item in getattr(self.found, what)]
 
     def summary(self) -> dict[str, Any]:
         """The figures the report (python -m tests.faults) prints, in the crash report's form."""
-        lost = [f for f in self.findings if f.startswith("lost")]
         return {
             "rounds": 1,
-            "totals": {
-                "lost": len(lost),
-                "duplicated": len([f for f in self.findings if f.startswith("duplicated")]),
-                "restarted": 0,
-                "leaked": len([f for f in self.findings if f.startswith("leaked")]),
-                "unverified": 0,
-            },
+            "totals": {what: len(getattr(self.found, what)) for what in FINDINGS},
             "findings": self.findings,
             "downtime": [],
             "converged": [self.converged],
@@ -196,13 +194,7 @@ def churn(
         work.change(low, high)
     report = ChurnReport(units=units, seconds=time.monotonic() - began, changes=dict(work.made))
     report.converged = work.converge()
-    probe = Campaign(deployment, registry=None)  # type: ignore[arg-type]  # observes only
-    found = check(probe.observe(), work.units, {}, set(), deployment.state_dir)
-    report.findings = [
-        f"{what} {item}"
-        for what in ("lost", "duplicated", "leaked")
-        for item in getattr(found, what)
-    ]
+    report.found = check(observe(deployment), work.units, {}, set(), deployment.state_dir)
     time.sleep(SETTLE_SECONDS)
     rss_after, fds_after = work.usage()
     report.rss_kib, report.fds = (rss_before, rss_after), (fds_before, fds_after)

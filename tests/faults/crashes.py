@@ -294,7 +294,9 @@ class Campaign:
         time.sleep(rng.uniform(0.0, 1.5))
         downtime = self.fault(action, rng)
         converged = self.converge()
-        found = check(self.observe(), self.units, before, touched, self.deployment.state_dir)
+        found = check(
+            observe(self.deployment), self.units, before, touched, self.deployment.state_dir
+        )
         found.action, found.touched = action, touched
         found.downtime, found.converged = downtime, converged
         return found
@@ -392,39 +394,40 @@ class Campaign:
         except ValueError:
             return None
 
-    def observe(self) -> Observed:
-        host, state = self.host, self.deployment.state_dir
-        runtime = host.run(["crun", "--root", f"{RUN_DIR}/crun", "list", "-q"], check=False)
-        scopes = host.systemctl(
-            "list-units", "--all", "--type=scope", "--no-legend", "--plain", "quay-*", check=False
-        ).stdout
-        links = host.run(["ip", "-o", "link", "show"]).stdout
-        leases_text = host.read_file(str(state / "net" / "leases.json")) or '{"leases": {}}'
-        return Observed(
-            units=self.deployment.units(),
-            containers=runtime.stdout.split(),
-            scopes={line.split()[0] for line in scopes.splitlines() if line.strip()},
-            container_dirs=set(self.listing(state / "containers")),
-            mounts=[
-                line.split(" ")[4]
-                for line in host.run(["cat", "/proc/self/mountinfo"]).stdout.splitlines()
-            ],
-            veths={
-                line.split(":")[1].strip().split("@")[0]
-                for line in links.splitlines()
-                if line.split(":")[1].strip().startswith("qv-")
-            },
-            leases=set(json.loads(leases_text)["leases"]),
-            netns=set(self.listing(PurePosixPath(RUN_DIR) / "netns")),
-            partials=self.listing(state / "images" / "ingest"),
-            staging=[
-                n for n in self.listing(state / "images" / "layers") if n.startswith(".staging-")
-            ],
-        )
 
-    def listing(self, directory: PurePosixPath) -> list[str]:
-        done = self.host.run(["ls", "-A", str(directory)], check=False)
+def observe(deployment: Deployment) -> Observed:
+    """What the host has of quay's, for :func:`check`."""
+    host, state = deployment.host, deployment.state_dir
+
+    def listing(directory: PurePosixPath) -> list[str]:
+        done = host.run(["ls", "-A", str(directory)], check=False)
         return done.stdout.split() if done.returncode == 0 else []
+
+    runtime = host.run(["crun", "--root", f"{RUN_DIR}/crun", "list", "-q"], check=False)
+    scopes = host.systemctl(
+        "list-units", "--all", "--type=scope", "--no-legend", "--plain", "quay-*", check=False
+    ).stdout
+    links = host.run(["ip", "-o", "link", "show"]).stdout
+    leases_text = host.read_file(str(state / "net" / "leases.json")) or '{"leases": {}}'
+    return Observed(
+        units=deployment.units(),
+        containers=runtime.stdout.split(),
+        scopes={line.split()[0] for line in scopes.splitlines() if line.strip()},
+        container_dirs=set(listing(state / "containers")),
+        mounts=[
+            line.split(" ")[4]
+            for line in host.run(["cat", "/proc/self/mountinfo"]).stdout.splitlines()
+        ],
+        veths={
+            line.split(":")[1].strip().split("@")[0]
+            for line in links.splitlines()
+            if line.split(":")[1].strip().startswith("qv-")
+        },
+        leases=set(json.loads(leases_text)["leases"]),
+        netns=set(listing(PurePosixPath(RUN_DIR) / "netns")),
+        partials=listing(state / "images" / "ingest"),
+        staging=[n for n in listing(state / "images" / "layers") if n.startswith(".staging-")],
+    )
 
 
 def campaign(
