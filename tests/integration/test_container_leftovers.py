@@ -57,6 +57,30 @@ def _alive(pid: int) -> bool:
         return False
 
 
+LIMITS = {"memory": "64M", "pids": 64}
+
+
+def _bundle(base: Path, name: str, driver: Driver, resources: dict[str, Any] = LIMITS) -> Bundle:
+    config = _config(base, name, driver, resources, ON_TERM_EXIT)
+    return prepare(name, _layers(base), config, base / "containers" / name)
+
+
+def _created(bundle: Bundle, runtime: OciRuntime) -> int:
+    """container.create (its init waits for a start that never comes); the init's pid."""
+    out = os.open(os.devnull, os.O_WRONLY)
+    try:
+        created = create(bundle, runtime, out)
+    finally:
+        os.close(out)
+    if created.oom_events is not None:
+        created.oom_events.close()
+    return created.pid
+
+
+def _cgroup_pids(name: str) -> list[int]:
+    return sorted({pid for directory in scope_dirs(name) for pid in processes_in(directory)})
+
+
 def _start_and_stop(bundle: Bundle, runtime: OciRuntime) -> dict[str, Any]:
     """container.start (which must end what is left), look, stop."""
     out = os.open(os.devnull, os.O_WRONLY)
@@ -65,9 +89,7 @@ def _start_and_stop(bundle: Bundle, runtime: OciRuntime) -> dict[str, Any]:
     finally:
         os.close(out)
     seen: dict[str, Any] = {"new_pid": started.pid, "scope": _scope(bundle.name)}
-    seen["in_cgroup"] = sorted(
-        {pid for directory in scope_dirs(bundle.name) for pid in processes_in(directory)}
-    )
+    seen["in_cgroup"] = _cgroup_pids(bundle.name)
     with ExitWatcher() as watcher:
         stop(
             bundle.name,
@@ -89,21 +111,13 @@ def inside_state_lost(*, runtime: str, driver: Driver, name: str, state_dir: str
     driver with the runtime's "Unit quay-NAME.scope was already loaded or has a fragment
     file"; under cgroupfs the new container would share the cgroup with the old init)."""
     become_subreaper()
-    base = Path(state_dir)
-    config = _config(base, name, driver, {"memory": "64M", "pids": 64}, ON_TERM_EXIT)
     oci = _runtime(runtime, driver)
-    bundle = prepare(name, _layers(base), config, base / "containers" / name)
-    out = os.open(os.devnull, os.O_WRONLY)
-    try:
-        created = create(bundle, oci, out)
-    finally:
-        os.close(out)
-    if created.oom_events is not None:
-        created.oom_events.close()
+    bundle = _bundle(Path(state_dir), name, driver)
+    old_pid = _created(bundle, oci)
     shutil.rmtree(oci.root / name)
-    seen: dict[str, Any] = {"old_pid": created.pid, "runtime_ids": oci.list_ids()}
+    seen: dict[str, Any] = {"old_pid": old_pid, "runtime_ids": oci.list_ids()}
     seen.update(_start_and_stop(bundle, oci))
-    seen["old_alive"] = _alive(created.pid)
+    seen["old_alive"] = _alive(old_pid)
     return seen
 
 
@@ -113,13 +127,11 @@ def inside_create_timeout(
     """A runtime whose create makes the container, forgets it, then hangs (``wrapper``): killed on
     the create timeout; what is left, then the next start."""
     become_subreaper()
-    base = Path(state_dir)
-    config = _config(base, name, driver, {"memory": "64M", "pids": 64}, ON_TERM_EXIT)
     real = _runtime(runtime, driver)
     hanging = OciRuntime(
         runtime, binary=wrapper, run_dir=Path(RUN_DIR), systemd_cgroup=driver == "systemd"
     )
-    bundle = prepare(name, _layers(base), config, base / "containers" / name)
+    bundle = _bundle(Path(state_dir), name, driver)
     runtime_module.CREATE_TIMEOUT = 3.0
     out = os.open(os.devnull, os.O_WRONLY)
     seen: dict[str, Any] = {}
@@ -130,9 +142,7 @@ def inside_create_timeout(
         seen["create"] = str(error)
     finally:
         os.close(out)
-    seen["left_after_failed_create"] = sorted(
-        {pid for directory in scope_dirs(name) for pid in processes_in(directory)}
-    )
+    seen["left_after_failed_create"] = _cgroup_pids(name)
     seen.update(_start_and_stop(bundle, real))
     return seen
 
@@ -223,18 +233,7 @@ def inside_sweep(*, runtime: str, names: list[str], state_dir: str) -> dict[str,
     become_subreaper()
     base = Path(state_dir)
     oci = _runtime(runtime, "systemd")
-    pids: dict[str, int] = {}
-    for name in names:
-        config = _config(base, name, "systemd", {"pids": 64}, ON_TERM_EXIT)
-        bundle = prepare(name, _layers(base), config, base / "containers" / name)
-        out = os.open(os.devnull, os.O_WRONLY)
-        try:
-            created = create(bundle, oci, out)
-        finally:
-            os.close(out)
-        if created.oom_events is not None:
-            created.oom_events.close()
-        pids[name] = created.pid
+    pids = {name: _created(_bundle(base, name, "systemd", {"pids": 64}), oci) for name in names}
     lost, kept = names[:-1], names[-1]
     for name in lost:
         shutil.rmtree(oci.root / name)
