@@ -39,7 +39,7 @@ from tests.support.agent import (
 )
 from tests.support.interrupt import interrupt
 from tests.support.systemd_host import CONTAINER_TEST_MARKS
-from tests.support.terminal import drive
+from tests.support.terminal import SHELL_SESSION, drive
 
 pytestmark = [*CONTAINER_TEST_MARKS, pytest.mark.e2e]
 
@@ -302,13 +302,7 @@ def test_run_it_through_ssh_gets_the_terminal_and_its_size(pair: Pair) -> None:
         drive,
         argv=["/usr/bin/env", *pair.ctl("run", "--rm", "-it", IMAGE, "sh")[1:]],
         size=[24, 80],
-        steps=[
-            {"expect": "# ", "send": "stty size\n"},
-            {"expect": "24 80", "resize": [30, 100]},
-            {"expect": "# ", "send": "stty size\n"},
-            {"expect": "30 100", "send": "echo hello-$((6*7))\n"},
-            {"expect": "hello-42", "send": "exit 3\n"},
-        ],
+        steps=SHELL_SESSION,
         timeout=60,
     )
     assert session["failed_step"] is None, session["output"]

@@ -18,6 +18,16 @@ import termios
 import time
 from typing import Any
 
+SHELL_SESSION: list[dict[str, Any]] = [
+    {"expect": "# ", "send": "stty size\n"},
+    {"expect": "24 80", "resize": [30, 100]},
+    {"expect": "# ", "send": "stty size\n"},
+    {"expect": "30 100", "send": "echo hello-$((6*7))\n"},
+    {"expect": "hello-42", "send": "exit 3\n"},
+]
+"""``drive``'s steps for ``run -it IMAGE sh`` on a 24x80 pty: the size, a resize, a command,
+``exit 3`` (the run's status)."""
+
 
 def drive(
     argv: list[str], steps: list[dict[str, Any]], size: list[int], timeout: float = 30.0
