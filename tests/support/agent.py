@@ -354,7 +354,8 @@ class Deployment:
 
     def diagnosis(self, *names: str) -> str:
         """For a failure's message: the units' status entries, what systemd says of their
-        scopes, and the last lines of quayd's journal."""
+        scopes and the processes left in them, the runtime's containers, quayd's journal lines
+        on each unit, its last watchdog dump, and its journal's last lines."""
         units = self.units()
         parts = [f"--- unit {name}: {units.get(name)}" for name in names]
         for name in names:
@@ -365,10 +366,7 @@ class Deployment:
             parts.append(f"--- {scope}\n{shown}{status.stdout}{self._processes_of(scope)}")
         runtime = self.host.run(["crun", "--root", f"{RUN_DIR}/crun", "list"], check=False)
         parts.append(f"--- crun list:\n{runtime.stdout}{runtime.stderr}")
-        journal = self.host.run(
-            ["journalctl", "-u", "quayd", "--no-pager", "-o", "cat"], check=False
-        )
-        lines = journal.stdout.splitlines()
+        lines = self.journal().splitlines()
         for name in names:
             theirs = [line for line in lines if f'"{name}"' in line or f" {name} " in line]
             parts.append(f"--- quayd on {name}:\n" + "\n".join(theirs[-30:]))
